@@ -1,0 +1,141 @@
+"""Decoder invariants: embeddings == ids, left padding, KV cache == recomputation, layouts and remat agree."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from elm_jax.models.decoder import Decoder, init_cache
+from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
+from elm_jax.weights import hf
+from tests import fixtures
+from tests.reference import numpy_llm
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def tiny(request, tmp_path_factory):
+    """(family, checkpoint dir) for a tiny random model of each family."""
+    out = tmp_path_factory.mktemp(request.param)
+    return request.param, fixtures.write_hf_checkpoint(out, request.param, seed=1)
+
+
+def _load(path, **overrides):
+    config = hf.load_config(path, **overrides)
+    return Decoder(config), hf.load_params(path, config)
+
+
+def _ids(batch: int, length: int, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).randint(3, 97, (batch, length)).astype(np.int32)
+
+
+def test_embeddings_input_equals_token_input(tiny):
+    model, params = _load(tiny[1])
+    ids = _ids(2, 9)
+    from_ids, _ = model.apply({"params": params}, ids)
+    emb = model.apply({"params": params}, ids, method=Decoder.embed)
+    from_emb, _ = model.apply({"params": params}, embeddings=emb)
+    np.testing.assert_array_equal(from_ids, from_emb)
+
+
+def test_gemma_embed_is_scaled(tmp_path):
+    model, params = _load(fixtures.write_hf_checkpoint(tmp_path, "gemma3"))
+    emb = model.apply({"params": params}, np.array([[5]]), method=Decoder.embed)
+    np.testing.assert_allclose(emb[0, 0], params["embedding"][5] * np.sqrt(32), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_matches_numpy_reference_with_left_padding(tiny, scan):
+    family, path = tiny
+    model, params = _load(path, scan_layers=scan)
+    ids = _ids(3, 12)
+    mask = np.ones_like(ids, dtype=bool)
+    mask[1, :4] = False  # row 1 is left-padded by 4, row 2 by 9 (beyond gemma's window of 4)
+    mask[2, :9] = False
+    logits, _ = model.apply({"params": params}, ids, mask=mask)
+    ref = numpy_llm.forward(fixtures.load_hf_weights(path), fixtures.load_hf_config(path), ids=ids, mask=mask)
+    np.testing.assert_allclose(np.where(mask[..., None], logits, 0), np.where(mask[..., None], ref, 0), atol=1e-4)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_kv_cache_decoding_matches_full_recomputation(tiny, scan):
+    model, params = _load(tiny[1], scan_layers=scan)
+    ids = _ids(2, 11, seed=3)
+    mask = np.ones_like(ids, dtype=bool)
+    mask[0, :2] = False
+    full, _ = model.apply({"params": params}, ids, mask=mask)
+    cache = init_cache(model.config, batch=2, max_len=16)
+    step, cache = model.apply({"params": params}, ids[:, :5], mask=mask[:, :5], cache=cache)
+    pieces = [step]
+    for t in range(5, 11):  # one token at a time, past gemma's sliding window
+        step, cache = model.apply({"params": params}, ids[:, t:t + 1], cache=cache)
+        pieces.append(step)
+    incremental = np.concatenate(pieces, axis=1)
+    np.testing.assert_allclose(incremental[mask], np.asarray(full)[mask], atol=1e-5)
+    assert int(cache["end"]) == 11
+    np.testing.assert_array_equal(cache["positions"][0, :11], [-1, -1] + list(range(9)))
+
+
+def test_scanned_and_unscanned_layouts_compute_the_same(tiny):
+    scanned, p_scan = _load(tiny[1], scan_layers=True)
+    unscanned, p_loop = _load(tiny[1], scan_layers=False)
+    assert "layers" in p_scan and "layers_0" in p_loop
+    np.testing.assert_array_equal(p_scan["layers"]["mlp"]["up_kernel"][1], p_loop["layers_1"]["mlp"]["up_kernel"])
+    ids = _ids(2, 7)
+    np.testing.assert_allclose(scanned.apply({"params": p_scan}, ids)[0],
+                               unscanned.apply({"params": p_loop}, ids)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_changes_neither_loss_nor_gradients(tiny, policy):
+    base, params = _load(tiny[1])
+    remat = Decoder(base.config.replace(remat_policy=policy))
+    ids = _ids(2, 8)
+
+    def loss(model, p):
+        logits, _ = model.apply({"params": p}, ids)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
+
+    (l0, g0), (l1, g1) = (jax.value_and_grad(lambda p, m=m: loss(m, p))(params) for m in (base, remat))
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny):
+    f32, params = _load(tiny[1])
+    bf16 = Decoder(f32.config.replace(dtype="bfloat16"))
+    ids = _ids(2, 8)
+    a, b = f32.apply({"params": params}, ids)[0], bf16.apply({"params": params}, ids)[0]
+    assert b.dtype == jnp.float32  # logits stay float32 for a stable softmax
+    assert np.mean(np.argmax(a, -1) == np.argmax(b, -1)) > 0.9
+    assert float(jnp.max(jnp.abs(a - b))) < 0.1 * float(jnp.max(jnp.abs(a)))
+
+
+def test_init_gives_logical_axes_for_every_param():
+    config = DecoderConfig(family="llama", vocab_size=64, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                           head_dim=8, mlp_dim=32, tie_embeddings=False)
+    boxed = Decoder(config).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    names = {x.names for x in leaves}
+    assert ("layers", "embed", "mlp") in names and ("embed", "vocab") in names
+    assert config.num_params() == sum(x.value.size for x in leaves)
+
+
+@pytest.mark.parametrize("kind", ["default", "linear", "llama3"])
+def test_rope_frequencies_match_reference(kind):
+    params = {"rope_type": kind, "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 256}
+    np.testing.assert_allclose(RopeConfig.from_hf(params).inv_freq(64), numpy_llm.inv_freq(params, 64), rtol=1e-12)
+
+
+def test_config_rejects_inconsistent_fields():
+    base = dict(vocab_size=8, hidden_size=8, num_layers=2, num_heads=3, num_kv_heads=2, head_dim=4, mlp_dim=8)
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        DecoderConfig(family="llama", **base)
+    with pytest.raises(ValueError, match="family"):
+        DecoderConfig(family="gpt2", **{**base, "num_heads": 2})
+    with pytest.raises(ValueError, match="sliding_window"):
+        DecoderConfig(family="gemma3", global_layers=(False, True), **{**base, "num_heads": 2})
+    with pytest.raises(ValueError, match="rope_type"):
+        RopeConfig.from_hf({"rope_type": "yarn", "rope_theta": 1.0})

