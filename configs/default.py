@@ -17,36 +17,40 @@ DEFAULT_PROMPTS = (
 
 
 def parse_arg(arg: str | None, **defaults):
-  """'a=1,b=x' -> ConfigDict over `defaults` (values keep the defaults' types)."""
-  out = ml_collections.ConfigDict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key not in defaults:
-      raise ValueError(f"config arg {key!r} is unknown; known: {', '.join(defaults)}")
-    out[key] = type(defaults[key])(value) if not isinstance(defaults[key], bool) else value.lower() == "true"
-  return out
+    """'a=1,b=x' -> ConfigDict over `defaults` (values keep the defaults' types)."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"config arg {key!r} is unknown; known: {', '.join(defaults)}")
+        out[key] = type(defaults[key])(value) if not isinstance(defaults[key], bool) else value.lower() == "true"
+    return out
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, llm="smollm2-135m-instruct")
-  c = ml_collections.ConfigDict()
-  c.job = "generate"
-  c.seed = 0
-  c.llm = ml_collections.ConfigDict(dict(
-      checkpoint=args.llm,
-      dtype="float32",  # activations; bfloat16 on accelerators
-      param_dtype="float32",
-      scan_layers=True,
-      remat_policy="none",
-  ))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.generate = ml_collections.ConfigDict(dict(
-      prompts=list(DEFAULT_PROMPTS),
-      chat=args.llm != "gemma3-270m",  # Gemma 3 270M is a base model without a chat template
-      max_new_tokens=48,
-      temperature=0.0,
-      top_k=0,
-      top_p=1.0,
-      batch_size=4,
-  ))
-  return c
+    args = parse_arg(arg, llm="smollm2-135m-instruct")
+    c = ml_collections.ConfigDict()
+    c.job = "generate"
+    c.seed = 0
+    c.llm = ml_collections.ConfigDict(
+        dict(
+            checkpoint=args.llm,
+            dtype="float32",  # activations; bfloat16 on accelerators
+            param_dtype="float32",
+            scan_layers=True,
+            remat_policy="none",
+        )
+    )
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.generate = ml_collections.ConfigDict(
+        dict(
+            prompts=list(DEFAULT_PROMPTS),
+            chat=args.llm != "gemma3-270m",  # Gemma 3 270M is a base model without a chat template
+            max_new_tokens=48,
+            temperature=0.0,
+            top_k=0,
+            top_p=1.0,
+            batch_size=4,
+        )
+    )
+    return c

@@ -7,4 +7,4 @@ import os as _os
 # ignore it. It must be set before JAX starts its backend; a user's own setting of it wins.
 _XNN_FLAG = "--xla_cpu_experimental_xnn_fusion_type"
 if _XNN_FLAG not in _os.environ.get("XLA_FLAGS", ""):
-  _os.environ["XLA_FLAGS"] = f"{_os.environ.get('XLA_FLAGS', '')} {_XNN_FLAG}=dot,eltwise".strip()
+    _os.environ["XLA_FLAGS"] = f"{_os.environ.get('XLA_FLAGS', '')} {_XNN_FLAG}=dot,eltwise".strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,131 +24,149 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  max_new_tokens: int = 64
-  temperature: float = 0.0  # 0: greedy
-  top_k: int = 0  # 0: off
-  top_p: float = 1.0  # 1: off
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
 
-  def __post_init__(self):
-    if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-    if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-    if self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
-  """(B, V) float32 logits -> (B,) int32 tokens: greedy, or temperature with top-k / top-p."""
-  if sampling.temperature == 0.0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits / sampling.temperature
-  if sampling.top_k:
-    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if sampling.top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-    keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < sampling.top_p
-    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    """(B, V) float32 logits -> (B,) int32 tokens: greedy, or temperature with top-k / top-p."""
+    if sampling.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < sampling.top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int):
-  model = Decoder(config)
-  n_new = sampling.max_new_tokens
-  stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
+    model = Decoder(config)
+    n_new = sampling.max_new_tokens
+    stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
 
-  def run(params, embeddings: Array, mask: Array, rng: Array) -> tuple[Array, Array]:
-    b, t = mask.shape
-    variables = {"params": params}
-    cache = init_cache(config, b, t + n_new)
-    logits, cache = model.apply(variables, embeddings=embeddings, mask=mask, cache=cache)
-    next_pos = jnp.sum(mask.astype(jnp.int32), axis=1)
-    rng, key = jax.random.split(rng)
-    first = sample_token(logits[:, -1], key, sampling)
-    tokens = jnp.full((b, n_new), pad_id, jnp.int32).at[:, 0].set(first)
-    done = jnp.isin(first, stops)
+    def run(params, embeddings: Array, mask: Array, rng: Array) -> tuple[Array, Array]:
+        b, t = mask.shape
+        variables = {"params": params}
+        cache = init_cache(config, b, t + n_new)
+        logits, cache = model.apply(variables, embeddings=embeddings, mask=mask, cache=cache)
+        next_pos = jnp.sum(mask.astype(jnp.int32), axis=1)
+        rng, key = jax.random.split(rng)
+        first = sample_token(logits[:, -1], key, sampling)
+        tokens = jnp.full((b, n_new), pad_id, jnp.int32).at[:, 0].set(first)
+        done = jnp.isin(first, stops)
 
-    def cond(state):
-      step, _, done, *_ = state
-      return (step < n_new) & ~jnp.all(done)
+        def cond(state):
+            step, _, done, *_ = state
+            return (step < n_new) & ~jnp.all(done)
 
-    def body(state):
-      step, tokens, done, cache, pos, rng = state
-      prev = tokens[:, step - 1]
-      logits, cache = model.apply(variables, prev[:, None], positions=pos[:, None], cache=cache)
-      rng, key = jax.random.split(rng)
-      tok = jnp.where(done, pad_id, sample_token(logits[:, 0], key, sampling))
-      tokens = tokens.at[:, step].set(tok)
-      return step + 1, tokens, done | jnp.isin(tok, stops), cache, pos + 1, rng
+        def body(state):
+            step, tokens, done, cache, pos, rng = state
+            prev = tokens[:, step - 1]
+            logits, cache = model.apply(variables, prev[:, None], positions=pos[:, None], cache=cache)
+            rng, key = jax.random.split(rng)
+            tok = jnp.where(done, pad_id, sample_token(logits[:, 0], key, sampling))
+            tokens = tokens.at[:, step].set(tok)
+            return step + 1, tokens, done | jnp.isin(tok, stops), cache, pos + 1, rng
 
-    state = (jnp.int32(1), tokens, done, cache, next_pos, rng)
-    _, tokens, *_ = jax.lax.while_loop(cond, body, state)
-    # Length up to and including the first stop token.
-    is_stop = jnp.isin(tokens, stops)
-    lengths = jnp.where(is_stop.any(axis=1), jnp.argmax(is_stop, axis=1) + 1, n_new)
-    return tokens, lengths
+        state = (jnp.int32(1), tokens, done, cache, next_pos, rng)
+        _, tokens, *_ = jax.lax.while_loop(cond, body, state)
+        # Length up to and including the first stop token.
+        is_stop = jnp.isin(tokens, stops)
+        lengths = jnp.where(is_stop.any(axis=1), jnp.argmax(is_stop, axis=1) + 1, n_new)
+        return tokens, lengths
 
-  return jax.jit(run)
-
-
-def generate(model: Decoder, params, embeddings: Array, mask: Array, rng: Array, sampling: SamplingConfig,
-             stop_ids: Sequence[int] = (), pad_id: int = 0) -> tuple[Array, Array]:
-  """Continues left-padded prompt embeddings (B, T, D); returns tokens (B, N) and lengths (B,).
-
-  Tokens after a row's first stop token are `pad_id`; `lengths` counts the stop token itself.
-  """
-  fn = _compiled_generate(model.config, sampling, tuple(int(s) for s in stop_ids), int(pad_id))
-  return fn(params, embeddings, mask, rng)
+    return jax.jit(run)
 
 
-@functools.lru_cache(maxsize=None)
+def generate(
+    model: Decoder,
+    params,
+    embeddings: Array,
+    mask: Array,
+    rng: Array,
+    sampling: SamplingConfig,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+) -> tuple[Array, Array]:
+    """Continues left-padded prompt embeddings (B, T, D); returns tokens (B, N) and lengths (B,).
+
+    Tokens after a row's first stop token are `pad_id`; `lengths` counts the stop token itself.
+    """
+    fn = _compiled_generate(model.config, sampling, tuple(int(s) for s in stop_ids), int(pad_id))
+    return fn(params, embeddings, mask, rng)
+
+
+@functools.cache
 def _compiled_embed(config: DecoderConfig):
-  model = Decoder(config)
-  return jax.jit(lambda params, ids: model.apply({"params": params}, ids, method=Decoder.embed))
+    model = Decoder(config)
+    return jax.jit(lambda params, ids: model.apply({"params": params}, ids, method=Decoder.embed))
 
 
-def generate_text(model: Decoder, params, tokenizer: Tokenizer, prompts: Sequence[str], sampling: SamplingConfig,
-                  *, chat: bool = False, seed: int = 0, batch_size: int = 8) -> list[str]:
-  """Plain-text prompts -> completions (without the stop token), `batch_size` prompts per call."""
-  texts = [tokenizer.chat_prompt(p) if chat else p for p in prompts]
-  encoded = [tokenizer.encode(t) for t in texts]
-  length = bucket(max(len(e) for e in encoded))
-  rng = jax.random.key(seed)
-  out: list[str] = []
-  for start in range(0, len(encoded), batch_size):
-    ids, mask = left_pad(encoded[start:start + batch_size], tokenizer.pad_id, length, rows=batch_size)
-    embeddings = _compiled_embed(model.config)(params, ids)
-    rng, key = jax.random.split(rng)
-    tokens, lengths = generate(model, params, embeddings, mask, key, sampling, tokenizer.stop_ids, tokenizer.pad_id)
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    for row in range(min(batch_size, len(encoded) - start)):
-      ids_row = [t for t in tokens[row, :lengths[row]] if t not in tokenizer.stop_ids]
-      out.append(tokenizer.decode(ids_row))
-  return out
+def generate_text(
+    model: Decoder,
+    params,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    sampling: SamplingConfig,
+    *,
+    chat: bool = False,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
+    """Plain-text prompts -> completions (without the stop token), `batch_size` prompts per call."""
+    texts = [tokenizer.chat_prompt(p) if chat else p for p in prompts]
+    encoded = [tokenizer.encode(t) for t in texts]
+    length = bucket(max(len(e) for e in encoded))
+    rng = jax.random.key(seed)
+    out: list[str] = []
+    for start in range(0, len(encoded), batch_size):
+        ids, mask = left_pad(encoded[start : start + batch_size], tokenizer.pad_id, length, rows=batch_size)
+        embeddings = _compiled_embed(model.config)(params, ids)
+        rng, key = jax.random.split(rng)
+        tokens, lengths = generate(model, params, embeddings, mask, key, sampling, tokenizer.stop_ids, tokenizer.pad_id)
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        for row in range(min(batch_size, len(encoded) - start)):
+            ids_row = [t for t in tokens[row, : lengths[row]] if t not in tokenizer.stop_ids]
+            out.append(tokenizer.decode(ids_row))
+    return out
 
 
 def bucket(n: int, minimum: int = 16) -> int:
-  """Next power of two >= n (at least `minimum`): the shapes the sampler compiles for."""
-  return max(minimum, 1 << max(0, (n - 1).bit_length()))
+    """Next power of two >= n (at least `minimum`): the shapes the sampler compiles for."""
+    return max(minimum, 1 << max(0, (n - 1).bit_length()))
 
 
-def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None,
-             rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads prompts to (rows, length) ids and a mask; extra rows are all padding."""
-  length = length or bucket(max(len(t) for t in token_lists))
-  rows = rows or len(token_lists)
-  ids = np.full((rows, length), pad_id, np.int32)
-  mask = np.zeros((rows, length), bool)
-  for i, toks in enumerate(token_lists):
-    if not 0 < len(toks) <= length:
-      raise ValueError(f"prompt {i} has {len(toks)} tokens; must be 1..{length}")
-    ids[i, length - len(toks):] = toks
-    mask[i, length - len(toks):] = True
-  return ids, mask
+def left_pad(
+    token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None, rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads prompts to (rows, length) ids and a mask; extra rows are all padding."""
+    length = length or bucket(max(len(t) for t in token_lists))
+    rows = rows or len(token_lists)
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), bool)
+    for i, toks in enumerate(token_lists):
+        if not 0 < len(toks) <= length:
+            raise ValueError(f"prompt {i} has {len(toks)} tokens; must be 1..{length}")
+        ids[i, length - len(toks) :] = toks
+        mask[i, length - len(toks) :] = True
+    return ids, mask

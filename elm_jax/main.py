@@ -10,60 +10,86 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for outputs, caches and checkpoints.")
 
 
 def run_generate(config, workdir: pathlib.Path) -> None:
-  from elm_jax import sharding
-  from elm_jax.generate import SamplingConfig, generate_text
-  from elm_jax.io_utils import atomic_write_jsonl
-  from elm_jax.weights.pretrained import load_decoder
+    from elm_jax import sharding
+    from elm_jax.generate import SamplingConfig, generate_text
+    from elm_jax.io_utils import atomic_write_jsonl
+    from elm_jax.weights.pretrained import load_decoder
 
-  mesh = sharding.make_mesh(config.mesh)
-  t0 = time.perf_counter()
-  llm = config.llm
-  loaded = load_decoder(llm.checkpoint, mesh, dtype=llm.dtype, param_dtype=llm.param_dtype,
-                        scan_layers=llm.scan_layers, remat_policy=llm.remat_policy)
-  logging.info("loaded %s (%.1fM params) from %s in %.1fs", llm.checkpoint, loaded.config.num_params() / 1e6,
-               loaded.path, time.perf_counter() - t0)
-  g = config.generate
-  sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
-  t0 = time.perf_counter()
-  texts = generate_text(loaded.model, loaded.params, loaded.tokenizer, list(g.prompts), sampling,
-                        chat=g.chat, seed=config.seed, batch_size=g.batch_size)
-  logging.info("generated %d completions in %.1fs (compile included)", len(texts), time.perf_counter() - t0)
-  rows = [{"prompt": p, "completion": t} for p, t in zip(g.prompts, texts)]
-  out = atomic_write_jsonl(workdir / "generations.jsonl", rows)
-  for row in rows:
-    print(f"\n>>> {row['prompt']}\n{row['completion']}")
-  print(f"\nwrote {out}")
+    mesh = sharding.make_mesh(config.mesh)
+    t0 = time.perf_counter()
+    llm = config.llm
+    loaded = load_decoder(
+        llm.checkpoint,
+        mesh,
+        dtype=llm.dtype,
+        param_dtype=llm.param_dtype,
+        scan_layers=llm.scan_layers,
+        remat_policy=llm.remat_policy,
+    )
+    logging.info(
+        "loaded %s (%.1fM params) from %s in %.1fs",
+        llm.checkpoint,
+        loaded.config.num_params() / 1e6,
+        loaded.path,
+        time.perf_counter() - t0,
+    )
+    g = config.generate
+    sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+    t0 = time.perf_counter()
+    texts = generate_text(
+        loaded.model,
+        loaded.params,
+        loaded.tokenizer,
+        list(g.prompts),
+        sampling,
+        chat=g.chat,
+        seed=config.seed,
+        batch_size=g.batch_size,
+    )
+    logging.info("generated %d completions in %.1fs (compile included)", len(texts), time.perf_counter() - t0)
+    rows = [{"prompt": p, "completion": t} for p, t in zip(g.prompts, texts)]
+    out = atomic_write_jsonl(workdir / "generations.jsonl", rows)
+    for row in rows:
+        print(f"\n>>> {row['prompt']}\n{row['completion']}")
+    print(f"\nwrote {out}")
 
 
 JOBS = {"generate": run_generate}
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required (e.g. --config=configs/default.py)")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
-  if config.job not in JOBS:
-    raise app.UsageError(f"config.job={config.job!r} is unknown; known: {', '.join(JOBS)}")
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  JOBS[config.job](config, workdir)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required (e.g. --config=configs/default.py)")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    if config.job not in JOBS:
+        raise app.UsageError(f"config.job={config.job!r} is unknown; known: {', '.join(JOBS)}")
+    workdir = pathlib.Path(_WORKDIR.value)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        JOBS[config.job](config, workdir)
+    except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, without a traceback
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"elm-jax: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run() -> None:
-  """Console-script entry point."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-  app.run(main)
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    app.run(main)
 
 
 if __name__ == "__main__":
-  run()
+    run()

@@ -57,5 +57,6 @@ class Tokenizer:
         if not self.has_chat_template:
             raise ValueError("this tokenizer has no chat template (a base model?); use plain text prompts")
         messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-            {"role": "user", "content": user}]
+            {"role": "user", "content": user}
+        ]
         return self._hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -10,7 +10,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the numpy oracles must not fight XLA for 2 cores
 
-import elm_jax  # noqa: E402,F401  (sets XLA flags)
 import jax  # noqa: E402
+
+import elm_jax  # noqa: E402,F401  (sets XLA flags)
 
 jax.config.update("jax_num_cpu_devices", 8)

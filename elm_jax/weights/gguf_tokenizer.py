@@ -26,8 +26,12 @@ _TOKENIZER_KEYS = {
     "padding_token_id": "pad_token_id",
     "add_space_prefix": "add_prefix_space",
 }
-_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unk_token_id",
-                   "pad_token": "pad_token_id"}
+_SPECIAL_TOKENS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unk_token_id",
+    "pad_token": "pad_token_id",
+}
 
 
 def save_gguf_tokenizer(reader: gguf.GGUFReader, out_dir: str | os.PathLike) -> None:
@@ -37,13 +41,17 @@ def save_gguf_tokenizer(reader: gguf.GGUFReader, out_dir: str | os.PathLike) -> 
     for key in ("general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.tokens"):
         if key not in fields:
             raise ValueError(f"{source}: GGUF metadata has no {key!r}, so no tokenizer can be built from it.")
-    meta = {name: fields[f"tokenizer.ggml.{key}"].contents()
-            for key, name in _TOKENIZER_KEYS.items() if f"tokenizer.ggml.{key}" in fields}
+    meta = {
+        name: fields[f"tokenizer.ggml.{key}"].contents()
+        for key, name in _TOKENIZER_KEYS.items()
+        if f"tokenizer.ggml.{key}" in fields
+    }
     backend, _ = convert_gguf_tokenizer(fields["general.architecture"].contents(), meta)
     if meta.get("pre_tokenizer_type") == "smollm":
         # The GGUF only names SmolLM's pre-tokenizer; its original tokenizer.json splits every digit first.
         backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
 
     def flag(key: str, default: bool) -> bool:
         return bool(fields[key].contents()) if key in fields else default

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,159 +26,168 @@ _SINGLE = "model.safetensors"
 
 
 def load_config(ckpt_dir: str | os.PathLike, **overrides: Any) -> DecoderConfig:
-  """DecoderConfig from `config.json` (parsed by transformers, so HF defaults apply)."""
-  import transformers  # deferred: importing transformers costs ~1 s
+    """DecoderConfig from `config.json` (parsed by transformers, so HF defaults apply)."""
+    import transformers  # deferred: importing transformers costs ~1 s
 
-  path = pathlib.Path(ckpt_dir) / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"no config.json in checkpoint folder {ckpt_dir}")
-  try:
-    hf = transformers.AutoConfig.from_pretrained(str(ckpt_dir))
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"{path}: cannot parse the model config: {e}") from e
-  return DecoderConfig.from_hf(hf, **overrides)
+    path = pathlib.Path(ckpt_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in checkpoint folder {ckpt_dir}")
+    try:
+        hf = transformers.AutoConfig.from_pretrained(str(ckpt_dir))
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: cannot parse the model config: {e}") from e
+    return DecoderConfig.from_hf(hf, **overrides)
 
 
 class SafetensorsFolder:
-  """Name -> numpy array over one or several (index.json) memory-mapped safetensors files."""
+    """Name -> numpy array over one or several (index.json) memory-mapped safetensors files."""
 
-  def __init__(self, ckpt_dir: str | os.PathLike):
-    self.dir = pathlib.Path(ckpt_dir)
-    if (self.dir / _INDEX).is_file():
-      weight_map = json.loads((self.dir / _INDEX).read_text())["weight_map"]
-    elif (self.dir / _SINGLE).is_file():
-      weight_map = None
-    else:
-      raise FileNotFoundError(f"no {_SINGLE} or {_INDEX} in checkpoint folder {self.dir}")
-    self._files: dict[str, Any] = {}
-    if weight_map is None:
-      handle = self._open(_SINGLE)
-      self.file_of = {name: _SINGLE for name in handle.keys()}
-    else:
-      self.file_of = dict(weight_map)
+    def __init__(self, ckpt_dir: str | os.PathLike):
+        self.dir = pathlib.Path(ckpt_dir)
+        if (self.dir / _INDEX).is_file():
+            weight_map = json.loads((self.dir / _INDEX).read_text())["weight_map"]
+        elif (self.dir / _SINGLE).is_file():
+            weight_map = None
+        else:
+            raise FileNotFoundError(f"no {_SINGLE} or {_INDEX} in checkpoint folder {self.dir}")
+        self._files: dict[str, Any] = {}
+        if weight_map is None:
+            handle = self._open(_SINGLE)
+            self.file_of = {name: _SINGLE for name in handle.keys()}
+        else:
+            self.file_of = dict(weight_map)
 
-  def _open(self, filename: str):
-    if filename not in self._files:
-      path = self.dir / filename
-      if not path.is_file():
-        raise FileNotFoundError(f"checkpoint shard {path} is missing (listed in {_INDEX})")
-      self._files[filename] = safe_open(str(path), framework="numpy")
-    return self._files[filename]
+    def _open(self, filename: str):
+        if filename not in self._files:
+            path = self.dir / filename
+            if not path.is_file():
+                raise FileNotFoundError(f"checkpoint shard {path} is missing (listed in {_INDEX})")
+            self._files[filename] = safe_open(str(path), framework="numpy")
+        return self._files[filename]
 
-  def __contains__(self, name: str) -> bool:
-    return name in self.file_of
+    def __contains__(self, name: str) -> bool:
+        return name in self.file_of
 
-  def get(self, name: str) -> np.ndarray:
-    if name not in self.file_of:
-      raise KeyError(f"tensor {name!r} is not in the checkpoint at {self.dir}")
-    return self._open(self.file_of[name]).get_tensor(name)
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.file_of:
+            raise KeyError(f"tensor {name!r} is not in the checkpoint at {self.dir}")
+        return self._open(self.file_of[name]).get_tensor(name)
 
 
 def _hf_layer_names(config: DecoderConfig) -> dict[tuple[str, ...], tuple[str, Callable]]:
-  """Our per-layer param path -> (HF name under `layers.{i}.`, HF->ours layout transform)."""
-  d, h, kvh, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-  t = lambda w: w.T
-  names = {
-      ("attn", "q_kernel"): ("self_attn.q_proj.weight", lambda w: w.T.reshape(d, h, hd)),
-      ("attn", "k_kernel"): ("self_attn.k_proj.weight", lambda w: w.T.reshape(d, kvh, hd)),
-      ("attn", "v_kernel"): ("self_attn.v_proj.weight", lambda w: w.T.reshape(d, kvh, hd)),
-      ("attn", "o_kernel"): ("self_attn.o_proj.weight", lambda w: w.T.reshape(h, hd, d)),
-      ("mlp", "gate_kernel"): ("mlp.gate_proj.weight", t),
-      ("mlp", "up_kernel"): ("mlp.up_proj.weight", t),
-      ("mlp", "down_kernel"): ("mlp.down_proj.weight", t),
-      ("attn_norm", "scale"): ("input_layernorm.weight", None),
-  }
-  if config.family == "llama":
-    names[("mlp_norm", "scale")] = ("post_attention_layernorm.weight", None)
-  else:
-    names[("mlp_norm", "scale")] = ("pre_feedforward_layernorm.weight", None)
-    names[("post_attn_norm", "scale")] = ("post_attention_layernorm.weight", None)
-    names[("post_mlp_norm", "scale")] = ("post_feedforward_layernorm.weight", None)
-    names[("attn", "q_norm", "scale")] = ("self_attn.q_norm.weight", None)
-    names[("attn", "k_norm", "scale")] = ("self_attn.k_norm.weight", None)
-  return names
+    """Our per-layer param path -> (HF name under `layers.{i}.`, HF->ours layout transform)."""
+    d, h, kvh, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    t = lambda w: w.T
+    names = {
+        ("attn", "q_kernel"): ("self_attn.q_proj.weight", lambda w: w.T.reshape(d, h, hd)),
+        ("attn", "k_kernel"): ("self_attn.k_proj.weight", lambda w: w.T.reshape(d, kvh, hd)),
+        ("attn", "v_kernel"): ("self_attn.v_proj.weight", lambda w: w.T.reshape(d, kvh, hd)),
+        ("attn", "o_kernel"): ("self_attn.o_proj.weight", lambda w: w.T.reshape(h, hd, d)),
+        ("mlp", "gate_kernel"): ("mlp.gate_proj.weight", t),
+        ("mlp", "up_kernel"): ("mlp.up_proj.weight", t),
+        ("mlp", "down_kernel"): ("mlp.down_proj.weight", t),
+        ("attn_norm", "scale"): ("input_layernorm.weight", None),
+    }
+    if config.family == "llama":
+        names[("mlp_norm", "scale")] = ("post_attention_layernorm.weight", None)
+    else:
+        names[("mlp_norm", "scale")] = ("pre_feedforward_layernorm.weight", None)
+        names[("post_attn_norm", "scale")] = ("post_attention_layernorm.weight", None)
+        names[("post_mlp_norm", "scale")] = ("post_feedforward_layernorm.weight", None)
+        names[("attn", "q_norm", "scale")] = ("self_attn.q_norm.weight", None)
+        names[("attn", "k_norm", "scale")] = ("self_attn.k_norm.weight", None)
+    return names
 
 
 def _prefix(folder: SafetensorsFolder) -> str:
-  """'model.' for plain decoders; multimodal checkpoints nest the decoder deeper."""
-  for name in folder.file_of:
-    if name.endswith("embed_tokens.weight"):
-      return name[: -len("embed_tokens.weight")]
-  raise ValueError(f"checkpoint at {folder.dir} has no '*embed_tokens.weight' tensor: not a decoder LLM")
+    """'model.' for plain decoders; multimodal checkpoints nest the decoder deeper."""
+    for name in folder.file_of:
+        if name.endswith("embed_tokens.weight"):
+            return name[: -len("embed_tokens.weight")]
+    raise ValueError(f"checkpoint at {folder.dir} has no '*embed_tokens.weight' tensor: not a decoder LLM")
 
 
 def _head_name(folder: SafetensorsFolder, prefix: str) -> str:
-  outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
-  for name in (outer + "lm_head.weight", "lm_head.weight"):
-    if name in folder:
-      return name
-  raise ValueError(f"checkpoint at {folder.dir} has untied embeddings but no lm_head.weight")
+    outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
+    for name in (outer + "lm_head.weight", "lm_head.weight"):
+        if name in folder:
+            return name
+    raise ValueError(f"checkpoint at {folder.dir} has untied embeddings but no lm_head.weight")
 
 
 def load_params(ckpt_dir: str | os.PathLike, config: DecoderConfig, shardings: Any = None) -> dict:
-  """Params tree for `Decoder(config)`, each leaf placed on `shardings` (default: first device).
+    """Params tree for `Decoder(config)`, each leaf placed on `shardings` (default: first device).
 
-  Raises ValueError naming the tensor when a shape disagrees with the config.
-  """
-  folder = SafetensorsFolder(ckpt_dir)
-  prefix = _prefix(folder)
-  abstract = nn.unbox(abstract_params(config))
-  dtype = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else jax.numpy.bfloat16
-  layer_names = _hf_layer_names(config)
+    Raises ValueError naming the tensor when a shape disagrees with the config.
+    """
+    folder = SafetensorsFolder(ckpt_dir)
+    prefix = _prefix(folder)
+    abstract = nn.unbox(abstract_params(config))
+    dtype = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else jax.numpy.bfloat16
+    layer_names = _hf_layer_names(config)
 
-  def read(name: str, transform: Callable | None, expected: tuple[int, ...]) -> np.ndarray:
-    w = folder.get(name)
-    try:
-      ours = transform(w) if transform is not None else w
-    except ValueError:  # a reshape that cannot hold: the checkpoint disagrees with config.json
-      ours = None
-    if ours is None or tuple(ours.shape) != tuple(expected):
-      raise ValueError(f"{folder.dir}: tensor {name} has shape {tuple(w.shape)}, which does not fit "
-                       f"the config (expected {tuple(expected)} in elm_jax layout)")
-    return ours.astype(dtype)
+    def read(name: str, transform: Callable | None, expected: tuple[int, ...]) -> np.ndarray:
+        w = folder.get(name)
+        try:
+            ours = transform(w) if transform is not None else w
+        except ValueError:  # a reshape that cannot hold: the checkpoint disagrees with config.json
+            ours = None
+        if ours is None or tuple(ours.shape) != tuple(expected):
+            raise ValueError(
+                f"{folder.dir}: tensor {name} has shape {tuple(w.shape)}, which does not fit "
+                f"the config (expected {tuple(expected)} in elm_jax layout)"
+            )
+        return ours.astype(dtype)
 
-  def place(shape, sharding, fetch: Callable[[tuple], np.ndarray]) -> jax.Array:
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.make_array_from_callback(tuple(shape), sharding, fetch)
+    def place(shape, sharding, fetch: Callable[[tuple], np.ndarray]) -> jax.Array:
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.make_array_from_callback(tuple(shape), sharding, fetch)
 
-  def top(name: str, transform: Callable | None, leaf, sharding) -> jax.Array:
-    return place(leaf.shape, sharding, lambda idx: read(name, transform, leaf.shape)[idx])
+    def top(name: str, transform: Callable | None, leaf, sharding) -> jax.Array:
+        return place(leaf.shape, sharding, lambda idx: read(name, transform, leaf.shape)[idx])
 
-  def stacked(hf_suffix: str, transform, leaf, sharding) -> jax.Array:
-    def fetch(idx):
-      layers = range(config.num_layers)[idx[0]]
-      return np.stack([read(f"{prefix}layers.{i}.{hf_suffix}", transform, leaf.shape[1:])[idx[1:]]
-                       for i in layers])
-    return place(leaf.shape, sharding, fetch)
+    def stacked(hf_suffix: str, transform, leaf, sharding) -> jax.Array:
+        def fetch(idx):
+            layers = range(config.num_layers)[idx[0]]
+            return np.stack(
+                [read(f"{prefix}layers.{i}.{hf_suffix}", transform, leaf.shape[1:])[idx[1:]] for i in layers]
+            )
 
-  get_sharding = lambda path: _lookup(shardings, path) if shardings is not None else None
-  params: dict[str, Any] = {
-      "embedding": top(prefix + "embed_tokens.weight", None, abstract["embedding"], get_sharding(("embedding",))),
-      "final_norm": {"scale": top(prefix + "norm.weight", None, abstract["final_norm"]["scale"],
-                                  get_sharding(("final_norm", "scale")))},
-  }
-  if not config.tie_embeddings:
-    params["lm_head"] = top(_head_name(folder, prefix), lambda w: w.T, abstract["lm_head"], get_sharding(("lm_head",)))
-  for path, (hf_suffix, transform) in layer_names.items():
-    if config.scan_layers:
-      leaf = _lookup(abstract["layers"], path)
-      _assign(params, ("layers",) + path, stacked(hf_suffix, transform, leaf, get_sharding(("layers",) + path)))
-    else:
-      for i in range(config.num_layers):
-        name = f"layers_{i}"
-        leaf = _lookup(abstract[name], path)
-        value = top(f"{prefix}layers.{i}.{hf_suffix}", transform, leaf, get_sharding((name,) + path))
-        _assign(params, (name,) + path, value)
-  return params
+        return place(leaf.shape, sharding, fetch)
+
+    get_sharding = lambda path: _lookup(shardings, path) if shardings is not None else None
+    params: dict[str, Any] = {
+        "embedding": top(prefix + "embed_tokens.weight", None, abstract["embedding"], get_sharding(("embedding",))),
+        "final_norm": {
+            "scale": top(
+                prefix + "norm.weight", None, abstract["final_norm"]["scale"], get_sharding(("final_norm", "scale"))
+            )
+        },
+    }
+    if not config.tie_embeddings:
+        params["lm_head"] = top(
+            _head_name(folder, prefix), lambda w: w.T, abstract["lm_head"], get_sharding(("lm_head",))
+        )
+    for path, (hf_suffix, transform) in layer_names.items():
+        if config.scan_layers:
+            leaf = _lookup(abstract["layers"], path)
+            _assign(params, ("layers",) + path, stacked(hf_suffix, transform, leaf, get_sharding(("layers",) + path)))
+        else:
+            for i in range(config.num_layers):
+                name = f"layers_{i}"
+                leaf = _lookup(abstract[name], path)
+                value = top(f"{prefix}layers.{i}.{hf_suffix}", transform, leaf, get_sharding((name,) + path))
+                _assign(params, (name,) + path, value)
+    return params
 
 
 def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 def _assign(tree: dict, path: tuple[str, ...], value: Any) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value

@@ -45,9 +45,11 @@ def encode(weights: dict, config: dict, ids: np.ndarray, mask: np.ndarray) -> np
     eps, n_head = config["layer_norm_eps"], config["num_attention_heads"]
     B, T = ids.shape
     maskf = np.asarray(mask, np.float32)
-    x = (w("embeddings.word_embeddings.weight")[ids]
-         + w("embeddings.position_embeddings.weight")[:T][None]
-         + w("embeddings.token_type_embeddings.weight")[0])
+    x = (
+        w("embeddings.word_embeddings.weight")[ids]
+        + w("embeddings.position_embeddings.weight")[:T][None]
+        + w("embeddings.token_type_embeddings.weight")[0]
+    )
     x = _layer_norm(x, w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"), eps)
     D = x.shape[-1]
     hd = D // n_head
@@ -63,10 +65,15 @@ def encode(weights: dict, config: dict, ids: np.ndarray, mask: np.ndarray) -> np
         s = np.exp(s - s.max(-1, keepdims=True))
         s /= s.sum(-1, keepdims=True)
         a = (s @ v).transpose(0, 2, 1, 3).reshape(B, T, D)
-        x = _layer_norm(x + linear(a, p + "attention.output.dense"),
-                        w(p + "attention.output.LayerNorm.weight"), w(p + "attention.output.LayerNorm.bias"), eps)
+        x = _layer_norm(
+            x + linear(a, p + "attention.output.dense"),
+            w(p + "attention.output.LayerNorm.weight"),
+            w(p + "attention.output.LayerNorm.bias"),
+            eps,
+        )
         h = _gelu_erf(linear(x, p + "intermediate.dense"))
-        x = _layer_norm(x + linear(h, p + "output.dense"),
-                        w(p + "output.LayerNorm.weight"), w(p + "output.LayerNorm.bias"), eps)
+        x = _layer_norm(
+            x + linear(h, p + "output.dense"), w(p + "output.LayerNorm.weight"), w(p + "output.LayerNorm.bias"), eps
+        )
     emb = (x * maskf[..., None]).sum(1) / np.clip(maskf.sum(1, keepdims=True), 1e-9, None)
     return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,79 @@
+"""The command-line entry point end to end on a tiny checkpoint: outputs, overrides, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import fixtures
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "elm_jax.main", "--config=configs/default.py", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return fixtures.write_hf_checkpoint(tmp_path_factory.mktemp("llm"), "llama")
+
+
+def test_generate_job_writes_generations(tiny_checkpoint, tmp_path):
+    result = _run(
+        f"--workdir={tmp_path}",
+        f"--config.llm.checkpoint={tiny_checkpoint}",
+        "--config.generate.max_new_tokens=3",
+        "--config.mesh.tensor=1",
+        "--config.generate.batch_size=2",
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [
+        "What is the capital of France?",
+        "Describe the movie Titanic in one sentence.",
+        "Write a one-sentence review of a funny animated movie about a talking dog.",
+    ]
+    assert all(isinstance(r["completion"], str) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.llm.checkpoint=/no/such/model"], "/no/such/model"),
+        (["--config.generate.max_new_tokens=0"], "max_new_tokens"),
+        (["--config.mesh.tensor=3"], "devices"),
+    ],
+)
+def test_bad_input_fails_cleanly_and_writes_nothing(tiny_checkpoint, tmp_path, args, message):
+    base = [f"--workdir={tmp_path}", f"--config.llm.checkpoint={tiny_checkpoint}"]
+    result = _run(*base, *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "generations.jsonl").exists()
+
+
+def test_unknown_config_field_is_rejected(tmp_path):
+    result = _run(f"--workdir={tmp_path}", "--config.generate.max_new_tokenz=3")
+    assert result.returncode != 0 and "max_new_tokenz" in result.stderr
+
+
+def test_config_arg_selects_the_llm():
+    sys.path.insert(0, REPO)
+    from configs import default
+
+    assert default.get_config().llm.checkpoint == "smollm2-135m-instruct"
+    gemma = default.get_config("llm=gemma3-270m")
+    assert gemma.llm.checkpoint == "gemma3-270m" and gemma.generate.chat is False
+    with pytest.raises(ValueError, match="lmm"):
+        default.get_config("lmm=x")
