@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elm_jax.data.prompts import EncodedPrompt, Query, pad_prompts
 from elm_jax.models.decoder import Decoder, init_cache
 from elm_jax.models.decoder_config import DecoderConfig
+from elm_jax.models.elm import ELM, ELMConfig
 from elm_jax.tokenizer import Tokenizer
 
 Array = jax.Array
@@ -122,6 +124,17 @@ def _compiled_embed(config: DecoderConfig):
     return jax.jit(lambda params, ids: model.apply({"params": params}, ids, method=Decoder.embed))
 
 
+@functools.cache
+def _compiled_elm_embed(config: ELMConfig):
+    model = ELM(config)
+    return jax.jit(lambda params, *batch: model.apply({"params": params}, *batch, method=ELM.embed_inputs))
+
+
+def _completions(tokenizer: Tokenizer, tokens: Array, lengths: Array, rows: int) -> list[str]:
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    return [tokenizer.decode([t for t in tokens[r, : lengths[r]] if t not in tokenizer.stop_ids]) for r in range(rows)]
+
+
 def generate_text(
     model: Decoder,
     params,
@@ -134,8 +147,7 @@ def generate_text(
     batch_size: int = 8,
 ) -> list[str]:
     """Plain-text prompts -> completions (without the stop token), `batch_size` prompts per call."""
-    texts = [tokenizer.chat_prompt(p) if chat else p for p in prompts]
-    encoded = [tokenizer.encode(t) for t in texts]
+    encoded = [tokenizer.encode(tokenizer.chat_prompt(p) if chat else p) for p in prompts]
     length = bucket(max(len(e) for e in encoded))
     rng = jax.random.key(seed)
     out: list[str] = []
@@ -144,10 +156,45 @@ def generate_text(
         embeddings = _compiled_embed(model.config)(params, ids)
         rng, key = jax.random.split(rng)
         tokens, lengths = generate(model, params, embeddings, mask, key, sampling, tokenizer.stop_ids, tokenizer.pad_id)
-        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-        for row in range(min(batch_size, len(encoded) - start)):
-            ids_row = [t for t in tokens[row, : lengths[row]] if t not in tokenizer.stop_ids]
-            out.append(tokenizer.decode(ids_row))
+        out += _completions(tokenizer, tokens, lengths, min(batch_size, len(encoded) - start))
+    return out
+
+
+def generate_elm_text(
+    model: ELM,
+    params,
+    tokenizer: Tokenizer,
+    queries: Sequence[Query],
+    sampling: SamplingConfig,
+    *,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
+    """Prompts with embedding slots -> completions: the ELM's answer about the given vectors."""
+    config = model.config
+    length = bucket(max(len(q.prompt.tokens) for q in queries))
+    n_slots = max(len(q.vectors) for q in queries)
+    dims = {name: cfg.input_dim for name, cfg in config.adapters}
+    decoder = Decoder(config.decoder)
+    rng = jax.random.key(seed)
+    out: list[str] = []
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        batch = pad_prompts([q.prompt for q in chunk], tokenizer.pad_id, length, rows=batch_size)
+        vectors = {name: np.zeros((batch_size, n_slots, dim), np.float32) for name, dim in dims.items()}
+        slot_space = np.zeros((batch_size, n_slots), np.int32)
+        for row, q in enumerate(chunk):
+            for slot, (space, vector) in enumerate(zip(q.spaces, q.vectors, strict=True)):
+                if space not in dims:
+                    raise ValueError(f"query {start + row} uses embedding space {space!r}; the ELM has {sorted(dims)}")
+                vectors[space][row, slot] = vector
+                slot_space[row, slot] = config.space_names.index(space)
+        embeddings = _compiled_elm_embed(config)(params, batch["tokens"], batch["soft_index"], vectors, slot_space)
+        rng, key = jax.random.split(rng)
+        tokens, lengths = generate(
+            decoder, params["llm"], embeddings, batch["mask"], key, sampling, tokenizer.stop_ids, tokenizer.pad_id
+        )
+        out += _completions(tokenizer, tokens, lengths, len(chunk))
     return out
 
 
@@ -159,14 +206,12 @@ def bucket(n: int, minimum: int = 16) -> int:
 def left_pad(
     token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None, rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pads prompts to (rows, length) ids and a mask; extra rows are all padding."""
+    """Left-pads plain prompts to (rows, length) ids and a mask; extra rows are all padding."""
     length = length or bucket(max(len(t) for t in token_lists))
-    rows = rows or len(token_lists)
-    ids = np.full((rows, length), pad_id, np.int32)
-    mask = np.zeros((rows, length), bool)
     for i, toks in enumerate(token_lists):
-        if not 0 < len(toks) <= length:
-            raise ValueError(f"prompt {i} has {len(toks)} tokens; must be 1..{length}")
-        ids[i, length - len(toks) :] = toks
-        mask[i, length - len(toks) :] = True
-    return ids, mask
+        if not toks:
+            raise ValueError(f"prompt {i} has 0 tokens")
+    batch = pad_prompts(
+        [EncodedPrompt(list(t), [-1] * len(t), []) for t in token_lists], pad_id, length, rows or len(token_lists)
+    )
+    return batch["tokens"], batch["mask"]

@@ -31,6 +31,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("norm", None),
     ("layers", None),
+    ("adapter_in", None),
+    ("adapter_hidden", "tensor"),
 )
 
 

@@ -37,8 +37,11 @@ class Tokenizer:
         # Text that already starts with the BOS string (e.g. a rendered Gemma chat prompt) must not get a second one.
         return ids[1:] if self._adds_bos and ids[1:2] == [self.bos_id] else ids
 
-    def encode(self, text: str) -> list[int]:
-        """Ids with BOS iff the model's tokenizer adds it, never doubled."""
+    def encode(self, text: str, *, bos: bool = True) -> list[int]:
+        """Ids with BOS iff the model's tokenizer adds it, never doubled; `bos=False` for text that continues a
+        sequence (a prompt segment after a soft slot, a training target): then no special token is added."""
+        if not bos:
+            return self._hf(text, add_special_tokens=False)["input_ids"]
         return self._fix_bos(self._hf(text)["input_ids"])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:

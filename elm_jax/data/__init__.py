@@ -1,0 +1,1 @@
+"""Data: entities and their embeddings, tasks and prompts, training targets."""
