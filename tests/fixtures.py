@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import transformers
 from safetensors.numpy import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2: pad, bos, eos
 CHAT_TEMPLATE = (
@@ -356,3 +356,120 @@ def _add_tokenizer(w: gguf.GGUFWriter, hf_dir: str | pathlib.Path, vocab_size: i
     w.add_pad_token_id(tok.pad_token_id)
     w.add_add_bos_token(False)
     w.add_chat_template(tok.chat_template)
+
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4
+
+
+def write_bert_checkpoint(
+    out_dir: str | pathlib.Path,
+    *,
+    seed: int = 0,
+    vocab: int = 160,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    mlp: int = 64,
+    max_positions: int = 64,
+    max_seq_length: int | None = 32,
+    pooling: str = "mean",
+    normalize: bool = True,
+    prefix: str = "",
+    sentence_transformers: bool = True,
+) -> pathlib.Path:
+    """Write a tiny random-weight BERT sentence-transformer folder (what `SentenceTransformer.save` writes).
+
+    config.json from transformers.BertConfig, `BertModel`-named float32 safetensors (`prefix` e.g. "bert."
+    as BertFor* exports have), a lowercasing WordPiece tokenizer trained on TRAIN_TEXT, and, unless
+    `sentence_transformers` is False, modules.json (Transformer -> Pooling [-> Normalize]), 1_Pooling/config.json
+    with the legacy `pooling_mode_*` flags and sentence_bert_config.json (`max_seq_length`, omitted when None).
+    Embeddings are N(0, 1) so token and position both matter after the embedding LayerNorm; projections are
+    N(0, 1/fan_in) and LayerNorm weights near 1, so activations stay O(1) through the layers.
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        max_position_embeddings=max_positions,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+        pad_token_id=0,
+    )
+    config.save_pretrained(out)
+    _write_wordpiece_tokenizer(out, vocab)
+    rng = np.random.default_rng(seed)
+
+    def normal(shape, std):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    w = {
+        "embeddings.word_embeddings.weight": normal((vocab, hidden), 1.0),
+        "embeddings.position_embeddings.weight": normal((max_positions, hidden), 1.0),
+        "embeddings.token_type_embeddings.weight": normal((2, hidden), 1.0),
+        "embeddings.LayerNorm.weight": 1.0 + normal((hidden,), 0.1),
+        "embeddings.LayerNorm.bias": normal((hidden,), 0.1),
+    }
+    dense = {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden)}
+    dense.update({"attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden)})
+    dense.update({"intermediate.dense": (mlp, hidden), "output.dense": (hidden, mlp)})
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for name, (n_out, n_in) in dense.items():
+            w[p + name + ".weight"] = normal((n_out, n_in), n_in**-0.5)
+            w[p + name + ".bias"] = normal((n_out,), 0.1)
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            w[p + norm + ".weight"] = 1.0 + normal((hidden,), 0.1)
+            w[p + norm + ".bias"] = normal((hidden,), 0.1)
+    w["pooler.dense.weight"] = normal((hidden, hidden), hidden**-0.5)  # unused by sentence-transformers
+    w["pooler.dense.bias"] = normal((hidden,), 0.1)
+    save_file({prefix + k: v for k, v in w.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    if sentence_transformers:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if normalize:
+            modules.append(
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
+        (out / "modules.json").write_text(json.dumps(modules, indent=2))
+        (out / "1_Pooling").mkdir(exist_ok=True)
+        flags = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens"}
+        pooling_config = {"word_embedding_dimension": hidden} | {flag: mode == pooling for mode, flag in flags.items()}
+        (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
+        sbert = {"do_lower_case": False} | ({} if max_seq_length is None else {"max_seq_length": max_seq_length})
+        (out / "sentence_bert_config.json").write_text(json.dumps(sbert, indent=2))
+    return out
+
+
+def _write_wordpiece_tokenizer(out: pathlib.Path, vocab: int) -> None:
+    """BERT-style uncased WordPiece trained on TRAIN_TEXT, `[CLS] $A [SEP]` template; a transformers fast tokenizer."""
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False)
+    tk.train_from_iterator(TRAIN_TEXT, trainer)
+    if tk.get_vocab_size() > vocab:
+        raise ValueError(f"vocab={vocab} is smaller than the WordPiece alphabet ({tk.get_vocab_size()} tokens)")
+    cls_id, sep_id = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(out)

@@ -29,10 +29,11 @@ def _gelu_erf(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
-def encode(weights: dict, config: dict, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """L2-normalised mean-pooled sentence embeddings (B, hidden) for right-padded `ids` (B, T), `mask` 1=real.
+def encode(weights: dict, config: dict, ids: np.ndarray, mask: np.ndarray, pooling: str = "mean") -> np.ndarray:
+    """L2-normalised pooled sentence embeddings (B, hidden) for right-padded `ids` (B, T), `mask` 1=real.
 
-    Token type ids are all 0 and positions are 0..T-1, as in sentence-transformers.
+    Token type ids are all 0 and positions are 0..T-1, as in sentence-transformers. `pooling` is one of
+    sentence-transformers' modes "mean" (all-MiniLM-L6-v2's), "cls" (first token) or "max" (over real tokens).
     """
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
 
@@ -75,5 +76,12 @@ def encode(weights: dict, config: dict, ids: np.ndarray, mask: np.ndarray) -> np
         x = _layer_norm(
             x + linear(h, p + "output.dense"), w(p + "output.LayerNorm.weight"), w(p + "output.LayerNorm.bias"), eps
         )
-    emb = (x * maskf[..., None]).sum(1) / np.clip(maskf.sum(1, keepdims=True), 1e-9, None)
+    if pooling == "cls":
+        emb = x[:, 0]
+    elif pooling == "max":
+        emb = np.where(maskf[..., None] > 0, x, -np.inf).max(1)
+    elif pooling == "mean":
+        emb = (x * maskf[..., None]).sum(1) / np.clip(maskf.sum(1, keepdims=True), 1e-9, None)
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}")
     return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
