@@ -2,6 +2,7 @@
 
 Run:  python -m elm_jax.main --config=configs/default.py --workdir=runs/default
 Args: --config=configs/default.py:llm=gemma3-270m  (any name, .gguf file or Hugging Face folder)
+      --config=configs/default.py:job=evaluate  (consistency evaluation on held-out entities)
 Any field: --config.generate.max_new_tokens=32 --config.mesh.tensor=2
 
 Until the end-to-end pipeline lands, the main job generates with the default LLM.
@@ -28,9 +29,9 @@ def parse_arg(arg: str | None, **defaults):
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, llm="smollm2-135m-instruct")
+    args = parse_arg(arg, llm="smollm2-135m-instruct", job="generate")
     c = ml_collections.ConfigDict()
-    c.job = "generate"
+    c.job = args.job  # generate | evaluate
     c.seed = 0
     c.llm = ml_collections.ConfigDict(
         dict(
@@ -42,9 +43,44 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.encoder = ml_collections.ConfigDict(dict(checkpoint="all-minilm-l6-v2"))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            source="default",  # default (generated offline) | movielens
+            path=ml_collections.config_dict.placeholder(str),  # a MovieLens folder or zip
+            synthetic=dict(seed=0, n_movies=3000, n_users=2000),
+            catalog=dict(
+                min_ratings=5,
+                test_movies=0.1,
+                test_users=0.2,
+                seed=0,
+                wals=dict(rank=64, l2=0.1, alpha=1.0, iterations=15),
+            ),
+        )
+    )
+    c.elm = ml_collections.ConfigDict(dict(adapter=dict(hidden_dim=1024, activation="gelu", num_tokens=1)))
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            tasks=("movie", "user"),
+            task_file=ml_collections.config_dict.placeholder(str),
+            conditions=("elm", "zero", "random", "text"),
+            max_examples_per_task=20,
+            chat=args.llm != "gemma3-270m",
+            user_text="titles",
+            max_ranked_users=100,
+            ranked_items=100,
+            chunk_size=32,
+            n_resamples=1000,
+            max_new_tokens=64,
+            temperature=0.0,
+            top_k=0,
+            top_p=1.0,
+            batch_size=8,
+        )
+    )
     c.generate = ml_collections.ConfigDict(
         dict(
-            prompts=list(DEFAULT_PROMPTS),
+            prompts=DEFAULT_PROMPTS,
             chat=args.llm != "gemma3-270m",  # Gemma 3 270M is a base model without a chat template
             max_new_tokens=48,
             temperature=0.0,

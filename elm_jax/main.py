@@ -61,7 +61,90 @@ def run_generate(config, workdir: pathlib.Path) -> None:
     print(f"\nwrote {out}")
 
 
-JOBS = {"generate": run_generate}
+def run_evaluate(config, workdir: pathlib.Path) -> None:
+    """Consistency evaluation of an ELM on held-out entities (metrics.json, generations.jsonl in workdir/eval).
+
+    Until training lands, the ELM is the configured LLM with freshly initialised adapters: the numbers are
+    then a floor that trained models must beat, and the controls show what the metrics give for no signal.
+    """
+    import functools
+
+    import jax
+
+    from elm_jax import sharding
+    from elm_jax.data import sources
+    from elm_jax.data import tasks as tasks_lib
+    from elm_jax.encoder import TextEncoder
+    from elm_jax.eval import pipeline
+    from elm_jax.generate import SamplingConfig, generate_elm_text, generate_text
+    from elm_jax.models.adapter import AdapterConfig
+    from elm_jax.models.elm import ELM, ELMConfig, init_params
+    from elm_jax.weights.pretrained import load_decoder
+
+    mesh = sharding.make_mesh(config.mesh)
+    encoder = TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
+    catalog, _ = sources.load_catalog(config.data, encoder, workdir / "data", mesh)
+    llm = config.llm
+    loaded = load_decoder(
+        llm.checkpoint,
+        mesh,
+        dtype=llm.dtype,
+        param_dtype=llm.param_dtype,
+        scan_layers=llm.scan_layers,
+        remat_policy=llm.remat_policy,
+    )
+    spaces = {"semantic": catalog.movies.embeddings["semantic"], "behavioral": catalog.users.embeddings["behavioral"]}
+    a = config.elm.adapter
+    adapters = tuple(
+        (name, AdapterConfig(m.shape[1], loaded.config.hidden_size, a.hidden_dim, a.activation, a.num_tokens))
+        for name, m in sorted(spaces.items())
+    )
+    elm = ELM(ELMConfig(loaded.config, adapters))
+    params = init_params(elm.config, loaded.params, spaces, jax.random.key(config.seed))
+
+    e = config.eval
+    registry = tasks_lib.registry(tasks_lib.load_task_file(e.task_file) if e.task_file else ())
+    settings = pipeline.EvalSettings(
+        conditions=tuple(e.conditions),
+        max_examples_per_task=e.max_examples_per_task,
+        chat=e.chat,
+        tokens_per_slot=a.num_tokens,
+        user_text=e.user_text,
+        max_ranked_users=e.max_ranked_users,
+        ranked_items=e.ranked_items,
+        chunk_size=e.chunk_size,
+        n_resamples=e.n_resamples,
+        seed=config.seed,
+    )
+    sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
+    elm_generate = functools.partial(
+        generate_elm_text, elm, params, loaded.tokenizer, sampling=sampling, seed=config.seed, batch_size=e.batch_size
+    )
+    text_generate = functools.partial(
+        generate_text,
+        loaded.model,
+        loaded.params,
+        loaded.tokenizer,
+        sampling=sampling,
+        chat=e.chat,
+        seed=config.seed,
+        batch_size=e.batch_size,
+    )
+    report = pipeline.evaluate(
+        catalog,
+        tasks_lib.select(list(e.tasks), registry),
+        settings,
+        lambda q: elm_generate(q),
+        lambda p: text_generate(p),
+        encoder.encode,
+        loaded.tokenizer,
+        workdir / "eval",
+    )
+    print(pipeline.format_overall(report))
+    print(f"\nwrote {workdir / 'eval' / 'metrics.json'}")
+
+
+JOBS = {"generate": run_generate, "evaluate": run_evaluate}
 
 
 def main(argv) -> None:

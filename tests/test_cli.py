@@ -77,3 +77,35 @@ def test_config_arg_selects_the_llm():
     assert gemma.llm.checkpoint == "gemma3-270m" and gemma.generate.chat is False
     with pytest.raises(ValueError, match="lmm"):
         default.get_config("lmm=x")
+
+
+def test_evaluate_job_on_the_default_catalogue_with_tiny_models(tiny_checkpoint, tmp_path):
+    encoder = fixtures.write_bert_checkpoint(tmp_path / "encoder")
+    args = [
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.llm.checkpoint={tiny_checkpoint}",
+        f"--config.encoder.checkpoint={encoder}",
+        "--config.data.synthetic.n_movies=120",
+        "--config.data.synthetic.n_users=80",
+        "--config.data.catalog.wals.rank=8",
+        "--config.data.catalog.wals.iterations=3",
+        "--config.eval.tasks=('summary','similarities','user_profile')",
+        "--config.eval.max_examples_per_task=4",
+        "--config.eval.max_new_tokens=4",
+        "--config.eval.n_resamples=100",
+        "--config.elm.adapter.hidden_dim=16",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "elm_jax.main", "--config=configs/default.py:job=evaluate", *args],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert set(report["tasks"]) == {"summary", "similarities", "user_profile"}
+    assert "| single/elm |" in result.stdout
+    rows = (tmp_path / "run" / "eval" / "generations.jsonl").read_text().splitlines()
+    assert len(rows) == 4 * (4 + 4 + 4)

@@ -250,3 +250,18 @@ def _generate_chunk(catalog, task, condition, settings, elm_generate, text_gener
     spaces = tuple(task.spaces[s] for s in task.slots)
     queries = [Query(prompt, _slot_vectors(catalog, task, ex, condition, rng), spaces) for ex in chunk]
     return elm_generate(queries)
+
+
+def format_overall(report: dict[str, Any]) -> str:
+    """A markdown table of the pooled metrics: one row per (task group, condition)."""
+    metrics_shown = ("sc", "bc", "recall@1", "recall@10", "mean_rank")
+    lines = ["| group/condition | " + " | ".join(metrics_shown) + " |", "|---" * (len(metrics_shown) + 1) + "|"]
+    for key, stats in report["overall"].items():
+        cells = []
+        for m in metrics_shown:
+            s = stats.get(m)
+            cells.append(
+                "" if s is None or s["mean"] is None else f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+            )
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from elm_jax.models.adapter import Adapter, AdapterConfig
+from elm_jax.models.adapter import Adapter, AdapterConfig, rescale_output
 from elm_jax.models.decoder import Cache, Decoder
 from elm_jax.models.decoder_config import DecoderConfig
 
@@ -88,3 +88,24 @@ class ELM(nn.Module):
     ) -> tuple[Array, Cache | None]:
         embeddings = self.embed_inputs(tokens, soft_index, vectors, slot_space)
         return self.llm(embeddings=embeddings, mask=mask, cache=cache)
+
+
+def token_embedding_norm(decoder_config: DecoderConfig, llm_params) -> float:
+    """Mean L2 norm of the LLM's input token embeddings (E_0 outputs, Gemma's sqrt(d) scale included)."""
+    norms = jnp.linalg.norm(llm_params["embedding"].astype(jnp.float32), axis=-1) * decoder_config.embed_scale
+    return float(jnp.mean(norms))
+
+
+def init_params(config: ELMConfig, llm_params, samples: dict[str, Array], rng: Array) -> dict:
+    """Fresh adapters around pretrained LLM params, their outputs scaled like real token embeddings.
+
+    `samples` holds a few domain vectors per space; the adapter's last layer is scaled so that their soft
+    tokens have the mean norm of the LLM's token embeddings.
+    """
+    target = token_embedding_norm(config.decoder, llm_params)
+    params = {"llm": llm_params}
+    for i, (name, cfg) in enumerate(config.adapters):
+        x = jnp.asarray(samples[name], jnp.float32)
+        fresh = nn.unbox(Adapter(cfg).init(jax.random.fold_in(rng, i), x[:1])["params"])
+        params[f"adapters_{name}"] = rescale_output(fresh, cfg, x, target)
+    return params
