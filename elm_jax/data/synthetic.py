@@ -751,7 +751,7 @@ class SyntheticConfig:
     ratings_per_user_min: int = 20  # as in MovieLens
     activity_sigma: float = 1.0
     popularity_skew: float = 1.0  # Zipf exponent of movie popularity
-    taste_selection: float = 1.0  # how much users pick movies they will like
+    taste_selection: float = 3.0  # how much users pick movies they will like (at 1.0 popularity dominates)
     rating_base: float = 2.9  # observed mean is ~3.5 (as MovieLens): users pick movies they like
     taste_scale: float = 1.0
     quality_sd: float = 0.4
