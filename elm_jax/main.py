@@ -16,16 +16,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for outputs, caches and checkpoints.")
 
 
-def run_generate(config, workdir: pathlib.Path) -> None:
-    from elm_jax import sharding
-    from elm_jax.generate import SamplingConfig, generate_text
-    from elm_jax.io_utils import atomic_write_jsonl
+def _load_llm(llm, mesh):
+    """The configured decoder LLM, sharded over `mesh` (config.llm: checkpoint plus execution fields)."""
     from elm_jax.weights.pretrained import load_decoder
 
-    mesh = sharding.make_mesh(config.mesh)
-    t0 = time.perf_counter()
-    llm = config.llm
-    loaded = load_decoder(
+    return load_decoder(
         llm.checkpoint,
         mesh,
         dtype=llm.dtype,
@@ -33,9 +28,19 @@ def run_generate(config, workdir: pathlib.Path) -> None:
         scan_layers=llm.scan_layers,
         remat_policy=llm.remat_policy,
     )
+
+
+def run_generate(config, workdir: pathlib.Path) -> None:
+    from elm_jax import sharding
+    from elm_jax.generate import SamplingConfig, generate_text
+    from elm_jax.io_utils import atomic_write_jsonl
+
+    mesh = sharding.make_mesh(config.mesh)
+    t0 = time.perf_counter()
+    loaded = _load_llm(config.llm, mesh)
     logging.info(
         "loaded %s (%.1fM params) from %s in %.1fs",
-        llm.checkpoint,
+        config.llm.checkpoint,
         loaded.config.num_params() / 1e6,
         loaded.path,
         time.perf_counter() - t0,
@@ -79,20 +84,11 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
     from elm_jax.generate import SamplingConfig, generate_elm_text, generate_text
     from elm_jax.models.adapter import AdapterConfig
     from elm_jax.models.elm import ELM, ELMConfig, init_params
-    from elm_jax.weights.pretrained import load_decoder
 
     mesh = sharding.make_mesh(config.mesh)
     encoder = TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
     catalog, _ = sources.load_catalog(config.data, encoder, workdir / "data", mesh)
-    llm = config.llm
-    loaded = load_decoder(
-        llm.checkpoint,
-        mesh,
-        dtype=llm.dtype,
-        param_dtype=llm.param_dtype,
-        scan_layers=llm.scan_layers,
-        remat_policy=llm.remat_policy,
-    )
+    loaded = _load_llm(config.llm, mesh)
     spaces = {"semantic": catalog.movies.embeddings["semantic"], "behavioral": catalog.users.embeddings["behavioral"]}
     a = config.elm.adapter
     adapters = tuple(

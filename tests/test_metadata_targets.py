@@ -41,16 +41,7 @@ def _catalog(cat: synthetic.SyntheticCatalogue, names: list[str] | None = None) 
 
 
 def _truth(cat: synthetic.SyntheticCatalogue) -> dict[str, np.ndarray]:
-    return dict(
-        attributes=np.array(cat.config.attributes),
-        movie_ids=cat.movie_ids,
-        movie_attributes=cat.movie_attributes,
-        movie_quality=cat.movie_quality,
-        movie_popularity=cat.movie_popularity,
-        user_ids=cat.user_ids,
-        user_taste=cat.user_taste,
-        user_bias=cat.user_bias,
-    )
+    return cat.ground_truth()
 
 
 @pytest.fixture(scope="module")

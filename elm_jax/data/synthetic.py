@@ -802,6 +802,19 @@ class SyntheticCatalogue:
     ratings: np.ndarray  # structured (userId, movieId, rating, timestamp), sorted by user then movie
     tags: list[tuple[int, int, str, int]]  # (userId, movieId, tag, timestamp), sorted likewise
 
+    def ground_truth(self) -> dict[str, np.ndarray]:
+        """What `load_ground_truth` returns for this catalogue once written."""
+        return dict(
+            attributes=np.array(self.config.attributes),
+            movie_ids=self.movie_ids,
+            movie_attributes=self.movie_attributes,
+            movie_quality=self.movie_quality,
+            movie_popularity=self.movie_popularity,
+            user_ids=self.user_ids,
+            user_taste=self.user_taste,
+            user_bias=self.user_bias,
+        )
+
 
 def _pick(rng: np.random.Generator, seq):
     return seq[int(rng.integers(len(seq)))]
@@ -1169,19 +1182,7 @@ def write_catalogue(out_dir: str | os.PathLike, config: SyntheticConfig | None =
         )
         _write_csv(tmp / "tags.csv", ("userId", "movieId", "tag", "timestamp"), cat.tags)
         _write_csv(tmp / "plots.csv", ("movieId", "plot"), zip(ids, cat.plots))
-        _write_npz(
-            tmp / "ground_truth.npz",
-            dict(
-                attributes=np.array(cat.config.attributes),
-                movie_ids=cat.movie_ids,
-                movie_attributes=cat.movie_attributes,
-                movie_quality=cat.movie_quality,
-                movie_popularity=cat.movie_popularity,
-                user_ids=cat.user_ids,
-                user_taste=cat.user_taste,
-                user_bias=cat.user_bias,
-            ),
-        )
+        _write_npz(tmp / "ground_truth.npz", cat.ground_truth())
         (tmp / "README.txt").write_text(_readme(cat), encoding="utf-8")
         tmp.chmod(0o755)  # mkdtemp makes it private; the catalogue is an ordinary shared folder
         if out.exists():  # swap: the old catalogue stays whole until the new one is in place
