@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -196,13 +196,12 @@ def _deal(a: np.ndarray, shards: int, per_block: int) -> np.ndarray:
     return a.reshape(shards, -1, per_block, *a.shape[2:])
 
 
-def _layout(m: sp.csr_matrix, shards: int, block_entries: int, rank: int, dtype: str) -> list[_Bucket]:
+def _layout(m: sp.csr_matrix, shards: int, block_entries: int, rank: int, dtype: str) -> Iterator[_Bucket]:
     """Buckets of the non-empty rows of `m` (values = confidences); a bucket's padding rows come last, so dealing
     its rows round-robin spreads them over all shards."""
     lengths = np.diff(m.indptr)
     grid = _length_grid(max(int(lengths.max(initial=0)), 1))
     padded = grid[np.searchsorted(grid, lengths)]
-    buckets = []
     for length in np.unique(padded[lengths > 0]):
         rows = np.flatnonzero((padded == length) & (lengths > 0))
         per_block = max(1, min(block_entries // length, block_entries // rank, -(-len(rows) // shards)))
@@ -217,8 +216,7 @@ def _layout(m: sp.csr_matrix, shards: int, block_entries: int, rank: int, dtype:
         cols = np.zeros((total, length), np.int32)
         conf = np.zeros((total, length), dtype)
         cols[mask], conf[mask] = m.indices[src], m.data[src]
-        buckets.append(_Bucket(*(_deal(a, shards, per_block) for a in (row_ids, cols, conf))))
-    return buckets
+        yield _Bucket(*(_deal(a, shards, per_block) for a in (row_ids, cols, conf)))
 
 
 # ------------------------------------------------------------------------------------------ solves
@@ -310,15 +308,14 @@ def fit_wals(
     m = ratings_csr(users, items, values, n_users, n_items)
     m.data = confidences(m.data, config).astype(config.dtype)
     shards = 1 if mesh is None else batch_divisor(mesh)
-    layouts = [_layout(a, shards, config.block_entries, config.rank, config.dtype) for a in (m, m.T.tocsr())]
-    if mesh is not None:
-        put = lambda a: jax.device_put(a, batch_sharding(mesh, a.ndim))
-        layouts = [[jax.tree.map(put, b) for b in layout] for layout in layouts]
-        factors = [jax.device_put(f, NamedSharding(mesh, P())) for f in init_factors(n_users, n_items, config)]
-    else:
-        factors = [jnp.asarray(f) for f in init_factors(n_users, n_items, config)]
+    put = lambda a: jax.device_put(a, None if mesh is None else batch_sharding(mesh, a.ndim))
+    layouts = [  # each bucket goes to the devices as soon as it is built: one host copy at a time
+        [jax.tree.map(put, b) for b in _layout(a, shards, config.block_entries, config.rank, config.dtype)]
+        for a in (m, m.T.tocsr())
+    ]
+    replicated = None if mesh is None else NamedSharding(mesh, P())
+    x, y = (jax.device_put(f, replicated) for f in init_factors(n_users, n_items, config))
     steps = [_half_step(n_users, config, mesh), _half_step(n_items, config, mesh)]
-    x, y = factors
     for iteration in range(config.iterations):
         x = steps[0](y, x, layouts[0])
         y = steps[1](x, y, layouts[1])
@@ -339,13 +336,13 @@ def wals_loss(
     x, y = np.asarray(user_factors, np.float64), np.asarray(item_factors, np.float64)
     m = ratings_csr(users, items, values, len(x), len(y)).tocoo()
     c = confidences(m.data, config)
-    unobserved_part = np.sum((x.T @ x) * (y.T @ y))  # sum over all pairs of s^2, corrected below for the rated ones
+    all_pairs = np.sum((x.T @ x) * (y.T @ y))  # sum over all pairs of s^2; the rated ones are corrected below
     rated = 0.0
     for start in range(0, m.nnz, 1 << 20):
         sl = slice(start, start + (1 << 20))
         s = np.einsum("nk,nk->n", x[m.row[sl]], y[m.col[sl]])
         rated += np.sum(c[sl] * (1 - s) ** 2 - s**2)
-    return float(unobserved_part + rated + config.l2 * (np.sum(x * x) + np.sum(y * y)))
+    return float(all_pairs + rated + config.l2 * (np.sum(x * x) + np.sum(y * y)))
 
 
 # ------------------------------------------------------------------------------------------ evaluation
