@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, Any
+
+import numpy as np
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
-    """Writes to a temporary file in the same folder, then renames it over `path`."""
+@contextlib.contextmanager
+def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
+    """A temporary file in `path`'s folder that is renamed over `path` once written, or removed on failure."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Writes to a temporary file in the same folder, then renames it over `path`."""
+    with _atomic_file(path, "w") as f:
+        f.write(text)
+    return pathlib.Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:
@@ -33,3 +44,39 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> pathlib.Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> pathlib.Path:
+    """np.savez, all or nothing (`path` should end in .npz: np.savez does not add it to an open file)."""
+    with _atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
+    return pathlib.Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Yields a temporary folder beside `path` to fill; on success it replaces `path` whole, on failure it goes.
+
+    Readers never see a half-written folder, and a failed rewrite keeps the old folder intact.
+    """
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
+        if out.exists():  # swap: the old folder stays whole until the new one is in place
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / out.name, out)
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

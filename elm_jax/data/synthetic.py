@@ -21,11 +21,11 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 import zipfile
 
 import numpy as np
+
+from elm_jax.io_utils import atomic_dir
 
 ATTRIBUTES = (
     "funny",
@@ -1166,9 +1166,7 @@ def write_catalogue(out_dir: str | os.PathLike, config: SyntheticConfig | None =
     """
     cat = generate(config)
     out = pathlib.Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         ids = cat.movie_ids.tolist()
         _write_csv(
             tmp / "movies.csv", ("movieId", "title", "genres"), zip(ids, cat.titles, ("|".join(g) for g in cat.genres))
@@ -1184,22 +1182,6 @@ def write_catalogue(out_dir: str | os.PathLike, config: SyntheticConfig | None =
         _write_csv(tmp / "plots.csv", ("movieId", "plot"), zip(ids, cat.plots))
         _write_npz(tmp / "ground_truth.npz", cat.ground_truth())
         (tmp / "README.txt").write_text(_readme(cat), encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the catalogue is an ordinary shared folder
-        if out.exists():  # swap: the old catalogue stays whole until the new one is in place
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old / out.name, out)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
