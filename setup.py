@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "gguf==0.19.0",
     "jinja2>=3.1",
     "tqdm>=4.66",
+    "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
 ]
 
 

@@ -1,0 +1,194 @@
+"""Training targets -> fixed-shape token batches for the ELM (prompt with soft slots, then the target).
+
+A training sequence is the task's prompt (slots where names stand, chat-templated for chat models) followed
+by the target text and an end-of-turn token; the loss covers only the target and that final token. Rows are
+right-padded to one length so a run compiles once.
+
+Batches are a pure function of (seed, step): step i takes rows [i * B, (i + 1) * B) of a stream of seeded
+per-epoch permutations. Resuming at a step therefore replays the data exactly, and each host can build only
+its own rows of the global batch (`host_rows`), which multi-host runs assemble into global arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from elm_jax.data.catalog import Catalog
+from elm_jax.data.prompts import encode_prompt
+from elm_jax.data.targets import Target, to_example
+from elm_jax.data.tasks import Task
+from elm_jax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSequence:
+    tokens: np.ndarray  # (n,) int32: prompt, target, end token
+    soft_index: np.ndarray  # (n,) int32: -1 for text, else slot * k + j
+    target_start: int  # index of the first target token
+    vectors: tuple[np.ndarray, ...]  # one domain vector per slot
+    spaces: tuple[int, ...]  # index into the ELM's space names, per slot
+
+
+def encode_targets(
+    catalog: Catalog,
+    tasks: Mapping[str, Task],
+    targets: Sequence[Target],
+    tokenizer: Tokenizer,
+    space_names: Sequence[str],
+    *,
+    tokens_per_slot: int,
+    chat: bool,
+    max_len: int,
+) -> list[TrainSequence]:
+    """One sequence per target; targets longer than `max_len` allows are cut (and counted in the log)."""
+    if not tokenizer.stop_ids:
+        raise ValueError("the tokenizer has no end-of-text token to end training targets with")
+    end = tokenizer.stop_ids[0]  # the tokenizer's own end token (SmolLM2-Instruct: <|im_end|>)
+    prompts = {}
+    out, cut = [], 0
+    texts = tokenizer.encode_batch([t.text if chat else " " + t.text for t in targets]) if targets else []
+    for target, text_ids in zip(targets, texts, strict=True):
+        task = tasks.get(target.task)
+        if task is None:
+            raise ValueError(f"target for unknown task {target.task!r}")
+        if task.name not in prompts:
+            prompts[task.name] = encode_prompt(tokenizer, task.template, tokens_per_slot, chat)
+        prompt = prompts[task.name]
+        missing = [task.spaces[s] for s in task.slots if task.spaces[s] not in space_names]
+        if missing:
+            raise ValueError(
+                f"task {task.name!r} needs embedding space {missing[0]!r}; the ELM has {list(space_names)}"
+            )
+        table = catalog.table(task.entity)
+        rows = to_example(catalog, task, target).rows
+        text_ids = [i for i in text_ids if i != tokenizer.bos_id]
+        room = max_len - len(prompt.tokens) - 1
+        if room < 1:
+            raise ValueError(f"task {task.name!r}: its prompt has {len(prompt.tokens)} tokens; max_len={max_len}")
+        if len(text_ids) > room:
+            text_ids, cut = text_ids[:room], cut + 1
+        tokens = np.asarray(prompt.tokens + text_ids + [end], np.int32)
+        soft = np.asarray(prompt.soft_index + [-1] * (len(text_ids) + 1), np.int32)
+        vectors = tuple(table.embeddings[task.spaces[s]][r] for s, r in zip(task.slots, rows, strict=True))
+        spaces = tuple(space_names.index(task.spaces[s]) for s in task.slots)
+        out.append(TrainSequence(tokens, soft, len(prompt.tokens), vectors, spaces))
+    if cut:
+        logging.warning("%d of %d targets were cut to fit max_len=%d", cut, len(targets), max_len)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    """The fixed shapes of every batch: (accum_steps, micro_batch, seq_len) plus the slot layout."""
+
+    global_batch: int
+    seq_len: int
+    space_dims: tuple[tuple[str, int], ...]  # (space name, dim), in the ELM's space order
+    max_slots: int
+    accum_steps: int = 1
+
+    def __post_init__(self):
+        if self.global_batch % self.accum_steps:
+            raise ValueError(f"global_batch={self.global_batch} is not a multiple of accum_steps={self.accum_steps}")
+
+    @property
+    def micro_batch(self) -> int:
+        return self.global_batch // self.accum_steps
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def example_indices(n: int, seed: int, step: int, global_batch: int) -> np.ndarray:
+    """Indices of the examples in step `step`'s global batch (epochs are seeded permutations, concatenated)."""
+    if n == 0:
+        raise ValueError("no training examples")
+    start = step * global_batch
+    out = []
+    while len(out) < global_batch:
+        epoch, offset = divmod(start + len(out), n)
+        out.extend(epoch_order(n, seed, epoch)[offset : offset + global_batch - len(out)].tolist())
+    return np.asarray(out, np.int64)
+
+
+def host_rows(spec: BatchSpec, process_index: int, process_count: int) -> np.ndarray:
+    """Which rows of the flat global batch this host builds: a contiguous block of every micro-batch."""
+    if spec.micro_batch % process_count:
+        raise ValueError(f"micro batch {spec.micro_batch} is not divisible by {process_count} processes")
+    per = spec.micro_batch // process_count
+    return np.concatenate(
+        [a * spec.micro_batch + process_index * per + np.arange(per) for a in range(spec.accum_steps)]
+    )
+
+
+def collate(sequences: Sequence[TrainSequence | None], spec: BatchSpec, pad_id: int) -> dict[str, np.ndarray]:
+    """Right-padded arrays of shape (accum_steps, rows / accum_steps, ...); a None row is empty (no loss)."""
+    rows, t, a = len(sequences), spec.seq_len, spec.accum_steps
+    tokens = np.full((rows, t), pad_id, np.int32)
+    soft = np.full((rows, t), -1, np.int32)
+    mask = np.zeros((rows, t), bool)
+    loss_mask = np.zeros((rows, t), np.float32)  # 1 where the token at t is a target (predicted from t - 1)
+    vectors = {name: np.zeros((rows, spec.max_slots, dim), np.float32) for name, dim in spec.space_dims}
+    slot_space = np.zeros((rows, spec.max_slots), np.int32)
+    names = [name for name, _ in spec.space_dims]
+    for i, s in enumerate(sequences):
+        if s is None:
+            continue
+        n = len(s.tokens)
+        if n > t:
+            raise ValueError(f"sequence {i} has {n} tokens; seq_len={t}")
+        tokens[i, :n], soft[i, :n], mask[i, :n] = s.tokens, s.soft_index, True
+        loss_mask[i, s.target_start : n] = 1.0
+        for slot, (space, vector) in enumerate(zip(s.spaces, s.vectors, strict=True)):
+            vectors[names[space]][i, slot] = vector
+            slot_space[i, slot] = space
+    split = lambda x: x.reshape(a, rows // a, *x.shape[1:])
+    return {
+        "tokens": split(tokens),
+        "soft_index": split(soft),
+        "mask": split(mask),
+        "loss_mask": split(loss_mask),
+        "slot_space": split(slot_space),
+        "vectors": {name: split(v) for name, v in vectors.items()},
+    }
+
+
+class Batches:
+    """Deterministic batches over a fixed list of sequences; `host_batch(step)` is this host's share."""
+
+    def __init__(
+        self,
+        sequences: Sequence[TrainSequence],
+        spec: BatchSpec,
+        pad_id: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        too_long = [i for i, s in enumerate(sequences) if len(s.tokens) > spec.seq_len]
+        if too_long:
+            raise ValueError(f"{len(too_long)} sequences are longer than seq_len={spec.seq_len}")
+        self.sequences, self.spec, self.pad_id, self.seed = list(sequences), spec, pad_id, seed
+        self.rows = host_rows(spec, process_index, process_count)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def host_batch(self, step: int) -> dict[str, np.ndarray]:
+        picked = example_indices(len(self.sequences), self.seed, step, self.spec.global_batch)[self.rows]
+        return collate([self.sequences[i] for i in picked], self.spec, self.pad_id)
+
+    def eval_batches(self, sequences: Sequence[TrainSequence]) -> Iterator[dict[str, np.ndarray]]:
+        """Every one of `sequences` once, in order, in this host's rows of full-size batches (the last one
+        padded with empty rows that carry no loss)."""
+        for start in range(0, len(sequences), self.spec.global_batch):
+            idx = start + self.rows
+            yield collate([sequences[i] if i < len(sequences) else None for i in idx], self.spec, self.pad_id)
+
+    def epoch(self, step: int) -> float:
+        return step * self.spec.global_batch / len(self.sequences)

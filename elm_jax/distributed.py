@@ -1,0 +1,44 @@
+"""Multi-process start-up: one `jax.distributed.initialize` for TPU pods, Slurm GPU clusters and local runs.
+
+Each process runs the same program; JAX then sees every device of every process, meshes span them all,
+and each host feeds only its own rows of a global batch. Settings come from the environment so launch
+scripts stay thin:
+  ELM_JAX_COORDINATOR   host:port of process 0 (explicit, as jax's default port has changed between versions)
+  ELM_JAX_NUM_PROCESSES, ELM_JAX_PROCESS_ID   for local or hand-rolled launches
+On TPU VMs and under Slurm, jax detects these itself when ELM_JAX_DISTRIBUTED=1 is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+
+def maybe_initialize() -> bool:
+    """Initializes jax.distributed when the environment asks for it; returns whether it did."""
+    coordinator = os.environ.get("ELM_JAX_COORDINATOR")
+    if not coordinator and os.environ.get("ELM_JAX_DISTRIBUTED", "0") != "1":
+        return False
+    kwargs = {}
+    if coordinator:
+        kwargs["coordinator_address"] = coordinator
+    for env, name in (("ELM_JAX_NUM_PROCESSES", "num_processes"), ("ELM_JAX_PROCESS_ID", "process_id")):
+        if env in os.environ:
+            try:
+                kwargs[name] = int(os.environ[env])
+            except ValueError:
+                raise ValueError(f"{env}={os.environ[env]!r} is not an integer") from None
+    if "ELM_JAX_LOCAL_DEVICE_IDS" in os.environ:  # Slurm with several GPUs per task
+        kwargs["local_device_ids"] = [int(i) for i in os.environ["ELM_JAX_LOCAL_DEVICE_IDS"].split(",")]
+    timeout = int(os.environ.get("ELM_JAX_INIT_TIMEOUT", "300"))
+    jax.distributed.initialize(initialization_timeout=timeout, **kwargs)
+    logging.info(
+        "process %d of %d: %d local devices, %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True

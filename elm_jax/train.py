@@ -1,0 +1,272 @@
+"""The ELM trainer: one stage of training over a named mesh, resumable, with Orbax checkpoints.
+
+The paper trains in two stages (§2): stage 1 fits the adapters with the LLM frozen, which it finds
+essential for convergence; stage 2 fine-tunes everything (or, here, adapters + LoRA). Both are
+`train_stage` with a different `StageConfig.trainable` regex; stage 2 starts from stage 1's parameters.
+
+Per stage:
+  abstract params (logical axis names) -> shardings from the rules -> state placed on its shards
+  -> restore the latest checkpoint if there is one -> AOT-compile the step (memory printed)
+  -> loop: host batch -> global arrays -> step -> log / eval / async checkpoint -> export adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from elm_jax import sharding as shd
+from elm_jax.checkpoint import Checkpointer, abstract_like, export_adapters
+from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence
+from elm_jax.lora import LoraConfig, apply_lora, init_lora
+from elm_jax.models.elm import ELM
+from elm_jax.optim import OptimConfig, learning_rate, make_optimizer, merge, partition
+from elm_jax.train_log import MetricsWriter, peak_flops_per_device, train_flops_per_token
+from elm_jax.train_step import StepConfig, make_eval_step, make_train_step
+
+Rules = Sequence[tuple[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    name: str  # "stage1", "stage2": also the checkpoint and log folder
+    trainable: str  # regex over parameter paths (see elm_jax.optim)
+    optim: OptimConfig
+    step: StepConfig = StepConfig()
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 100
+    keep: int = 2
+    async_save: bool = True
+    peak_flops_per_device: float = 0.0  # 0: look up the device kind; unknown kinds (CPU) report no MFU
+
+
+def abstract_params(model: ELM, lora: LoraConfig | None = None) -> dict:
+    """Boxed abstract ELM params (shapes, dtypes, logical axis names), LoRA factors included."""
+    cfg = model.config
+    dims = {name: a.input_dim for name, a in cfg.adapters}
+    args = (
+        jnp.zeros((1, 1), jnp.int32),
+        jnp.zeros((1, 1), jnp.int32),
+        {name: jnp.zeros((1, 1, d)) for name, d in dims.items()},
+        jnp.zeros((1, 1), jnp.int32),
+    )
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args)["params"])
+    if lora is not None:
+        boxed = {**boxed, **jax.eval_shape(lambda: init_lora(boxed, lora, jax.random.key(0)))}
+    return boxed
+
+
+def param_shardings(model: ELM, mesh: Mesh, rules: Rules, lora: LoraConfig | None = None) -> dict:
+    return shd.logical_shardings(abstract_params(model, lora), mesh, rules)
+
+
+def add_lora(model: ELM, params: dict, lora: LoraConfig, mesh: Mesh, rules: Rules, seed: int) -> dict:
+    """Params plus fresh LoRA factors (B = 0: the model is unchanged), placed on their shards."""
+    boxed = init_lora(abstract_params(model), lora, jax.random.key(seed))
+    factors = jax.device_put(nn.unbox(boxed), shd.logical_shardings(boxed, mesh, rules))
+    return {**params, **factors}
+
+
+def batch_shardings(spec: BatchSpec, mesh: Mesh, rules: Rules) -> dict:
+    """Batches are (accum, micro_batch, ...): the micro-batch axis is split over the batch mesh axes."""
+    lead = shd.batch_sharding(mesh, 1, rules).spec[0]
+    sh = lambda ndim: NamedSharding(mesh, P(None, lead, *([None] * (ndim - 2))))
+    return {
+        "tokens": sh(3),
+        "soft_index": sh(3),
+        "mask": sh(3),
+        "loss_mask": sh(3),
+        "slot_space": sh(3),
+        "vectors": {name: sh(4) for name, _ in spec.space_dims},
+    }
+
+
+def global_batch(host_batch: dict, shardings: dict, spec: BatchSpec) -> dict:
+    """This host's rows -> global jax.Arrays (each host holds only its shards)."""
+
+    def one(local, sharding):
+        shape = (spec.accum_steps, spec.micro_batch, *local.shape[2:])
+        return jax.make_array_from_process_local_data(sharding, local, shape)
+
+    return jax.tree.map(one, host_batch, shardings)
+
+
+def _abstract_batch(spec: BatchSpec, shardings: dict) -> dict:
+    a, b, t = spec.accum_steps, spec.micro_batch, spec.seq_len
+    shapes = {
+        "tokens": ((a, b, t), jnp.int32),
+        "soft_index": ((a, b, t), jnp.int32),
+        "mask": ((a, b, t), jnp.bool_),
+        "loss_mask": ((a, b, t), jnp.float32),
+        "slot_space": ((a, b, spec.max_slots), jnp.int32),
+        "vectors": {name: ((a, b, spec.max_slots, d), jnp.float32) for name, d in spec.space_dims},
+    }
+    is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)
+    return jax.tree.map(lambda sd, s: jax.ShapeDtypeStruct(*sd, sharding=s), shapes, shardings, is_leaf=is_leaf)
+
+
+def _log_memory(compiled, what: str) -> None:
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return
+    gib = lambda n: n / 2**30
+    logging.info(
+        "%s compiled: per device %.3f GiB arguments, %.3f GiB outputs, %.3f GiB temporaries, %.3f GiB code",
+        what,
+        gib(mem.argument_size_in_bytes),
+        gib(mem.output_size_in_bytes),
+        gib(mem.temp_size_in_bytes),
+        gib(mem.generated_code_size_in_bytes),
+    )
+
+
+def shuffled_vectors(sequences: Sequence[TrainSequence]) -> list[TrainSequence]:
+    """The same sequences with every vector taken from the next example of the same task: the control that
+    shows whether the model reads the vector at all."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, s in enumerate(sequences):
+        by_shape.setdefault((s.spaces, s.target_start, tuple(s.soft_index[: s.target_start])), []).append(i)
+    out = list(sequences)
+    for group in by_shape.values():
+        for i, j in zip(group, group[1:] + group[:1]):
+            out[i] = dataclasses.replace(sequences[i], vectors=sequences[j].vectors)
+    return out
+
+
+def train_stage(
+    model: ELM,
+    params: dict,
+    stage: StageConfig,
+    data: Batches,
+    mesh: Mesh,
+    workdir: str | pathlib.Path,
+    *,
+    rules: Rules = shd.DEFAULT_RULES,
+    eval_sets: dict[str, Sequence[TrainSequence]] | None = None,
+) -> dict:
+    """Runs (or resumes, or skips if finished) one stage; returns the full params after it (LoRA folded in)."""
+    workdir = pathlib.Path(workdir) / stage.name
+    shards = shd.batch_divisor(mesh, rules)
+    if data.spec.micro_batch % shards:
+        raise ValueError(
+            f"train.batch_size / train.accum_steps = {data.spec.micro_batch} is not divisible by the {shards} "
+            "batch shards of the mesh"
+        )
+    lora = stage.step.lora
+    if lora is not None and "lora" not in params:
+        params = add_lora(model, params, lora, mesh, rules, stage.seed)
+    shardings = param_shardings(model, mesh, rules, lora)
+    params = jax.device_put(params, shardings)
+    trainable, frozen = partition(params, stage.trainable)
+    t_sh, f_sh = partition(shardings, stage.trainable)
+    replicated = NamedSharding(mesh, P())
+
+    tx = make_optimizer(stage.optim)
+    o_sh = optax.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, trainable), t_sh, transform_non_params=lambda _: replicated
+    )
+    state_sh = {"step": replicated, "params": t_sh, "opt_state": o_sh, "rng": replicated}
+    b_sh = batch_shardings(data.spec, mesh, rules)
+
+    ckpt = Checkpointer(workdir / "checkpoints", stage.save_every, stage.keep, stage.async_save)
+    start = ckpt.latest_step() or 0
+    if start:
+        abstract = {
+            "step": jax.ShapeDtypeStruct((), jnp.int32),
+            "params": trainable,
+            "opt_state": jax.eval_shape(tx.init, trainable),
+            "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+        }
+        state, meta = ckpt.restore(start, abstract_like(abstract, state_sh))
+        logging.info("%s: resumed at step %d (%s examples seen)", stage.name, start, meta.get("examples_seen"))
+    else:
+        state = {
+            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+            "params": trainable,
+            "opt_state": jax.jit(tx.init, out_shardings=o_sh)(trainable),
+            "rng": jax.device_put(jax.random.key_data(jax.random.key(stage.seed)), replicated),
+        }
+    weight_grads = stage.step.lora is None and "llm" in trainable  # for the FLOP count
+    del trainable
+
+    scales = _vector_scales(data) if stage.step.vector_noise else None
+    step_fn = jax.jit(
+        make_train_step(model, tx, stage.step, scales),
+        in_shardings=(state_sh, f_sh, b_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+    compiled = step_fn.lower(state, frozen, _abstract_batch(data.spec, b_sh)).compile()
+    _log_memory(compiled, f"{stage.name} train step")
+    evaluate = jax.jit(make_eval_step(model, stage.step), in_shardings=(t_sh, f_sh, b_sh), out_shardings=replicated)
+
+    steps = stage.optim.steps
+    writer = MetricsWriter(workdir / "logs")
+    lr = learning_rate(stage.optim)
+    spec = data.spec
+    flops = train_flops_per_token(model.config.decoder, spec.seq_len, weight_grads)
+    peak = stage.peak_flops_per_device or peak_flops_per_device()
+    meta = lambda step: {"stage": stage.name, "step": step, "examples_seen": step * spec.global_batch}
+
+    def run_eval(step: int) -> None:
+        for name, sequences in (eval_sets or {}).items():
+            totals = None
+            for host in data.eval_batches(sequences):
+                out = evaluate(state["params"], frozen, global_batch(host, b_sh, spec))
+                totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+            n = max(float(totals["target_tokens"]), 1.0)
+            writer.write(step, {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n}, prefix=name)
+
+    t_last, step_last = time.perf_counter(), start
+    with tqdm(total=steps, initial=start, desc=stage.name, unit="step", disable=None) as bar:
+        for step in range(start, steps):
+            state, metrics = compiled(state, frozen, global_batch(data.host_batch(step), b_sh, spec))
+            done = step + 1
+            if done % stage.log_every == 0 or done == steps:
+                metrics = jax.device_get(metrics)
+                elapsed = time.perf_counter() - t_last
+                tokens_per_s = (done - step_last) * spec.global_batch * spec.seq_len / elapsed
+                scalars = {**metrics, "learning_rate": lr(step), "tokens_per_s": tokens_per_s}
+                scalars["epoch"] = data.epoch(done)
+                if peak:
+                    scalars["mfu"] = tokens_per_s * flops / (peak * jax.device_count())
+                writer.write(done, scalars)
+                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+                t_last, step_last = time.perf_counter(), done
+            if stage.eval_every and done % stage.eval_every == 0 and done != steps:
+                run_eval(done)
+            ckpt.save(done, state, meta(done), force=done == steps)
+            bar.update(1)
+    if start < steps or not ckpt.latest_step():
+        run_eval(steps)
+    ckpt.close()
+    writer.close()
+    full = merge(state["params"], frozen)
+    if jax.process_index() == 0:
+        export_adapters(workdir / "adapters", full, model.config.adapters)
+    return apply_lora(full, lora) if lora else full
+
+
+def _vector_scales(data: Batches) -> dict[str, jax.Array]:
+    """Per-space, per-dimension std of the training vectors (the unit of `vector_noise`)."""
+    names = [n for n, _ in data.spec.space_dims]
+    out = {}
+    for i, name in enumerate(names):
+        vs = [v for s in data.sequences for v, sp in zip(s.vectors, s.spaces) if sp == i]
+        out[name] = jnp.asarray(np.std(np.stack(vs), axis=0) if vs else np.ones(dict(data.spec.space_dims)[name]))
+    return out

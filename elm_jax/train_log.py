@@ -1,0 +1,80 @@
+"""Training metrics: FLOP accounting for MFU, and one writer for the console, TensorBoard and a JSONL log.
+
+FLOPs are counted the MaxText way (every matmul; causal attention as half of the full square). Stage 1
+still backpropagates through the frozen LLM to reach the adapter, so its matmuls cost forward + input
+gradients (4N per token) rather than the 6N of full fine-tuning (jax_anchors §2.1); LoRA stage 2 is the same
+as stage 1 for the frozen base. MFU is model FLOPs per second over the devices' peak bf16 FLOP/s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+from typing import Any
+
+import jax
+
+from elm_jax.models.decoder_config import DecoderConfig
+
+# Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor figures; see jax_anchors §2.1).
+PEAK_FLOPS = (
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA H100", 989e12),
+    ("NVIDIA A100", 312e12),
+    ("TPU v6 lite", 918e12),
+    ("TPU v6e", 918e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+)
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+    kind = (device or jax.devices()[0]).device_kind
+    return next((flops for prefix, flops in PEAK_FLOPS if kind.startswith(prefix)), None)
+
+
+def matmul_params(cfg: DecoderConfig) -> int:
+    """Parameters that take part in a matmul per token: every layer's projections plus the output head."""
+    attn = cfg.hidden_size * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+    return cfg.num_layers * (attn + 3 * cfg.hidden_size * cfg.mlp_dim) + cfg.vocab_size * cfg.hidden_size
+
+
+def train_flops_per_token(cfg: DecoderConfig, seq_len: int, weight_grads: bool) -> float:
+    """Model FLOPs per trained token (remat recomputation excluded, as MFU requires)."""
+    matmul_fwd = 2.0 * matmul_params(cfg)
+    window = [seq_len if g else min(seq_len, cfg.sliding_window or seq_len) for g in cfg.layer_is_global]
+    attn_fwd = sum(2.0 * w * cfg.num_heads * cfg.head_dim for w in window)  # QK^T and PV, causal half
+    return matmul_fwd * (3 if weight_grads else 2) + attn_fwd * 3
+
+
+class MetricsWriter:
+    """Scalars to TensorBoard event files and `metrics.jsonl` (process 0 only), and to the Python log."""
+
+    def __init__(self, directory: str | os.PathLike, enabled: bool = True):
+        self.directory = pathlib.Path(directory)
+        self.enabled = enabled and jax.process_index() == 0
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(str(self.directory), flush_secs=10)
+
+    def write(self, step: int, scalars: dict[str, Any], prefix: str = "train") -> None:
+        values = {k: float(v) for k, v in scalars.items()}
+        logging.info("%s step %d: %s", prefix, step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        with (self.directory / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

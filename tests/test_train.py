@@ -1,0 +1,198 @@
+"""The trainer's invariants on a tiny random model: freezing, sharding, resumption, LoRA, accumulation, export."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from elm_jax import sharding as shd
+from elm_jax.checkpoint import export_adapters, import_adapters
+from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence, example_indices, host_rows
+from elm_jax.lora import LoraConfig, apply_lora
+from elm_jax.models.adapter import AdapterConfig
+from elm_jax.models.elm import ELM, ELMConfig, init_params
+from elm_jax.optim import OptimConfig, make_optimizer, partition
+from elm_jax.train import StageConfig, add_lora, shuffled_vectors, train_stage
+from elm_jax.train_step import StepConfig
+from elm_jax.weights import hf
+from tests import fixtures
+
+STAGE1 = r"adapters_.*"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = fixtures.write_hf_checkpoint(tmp_path_factory.mktemp("llm"), "llama", seed=3)
+    decoder = hf.load_config(path)
+    model = ELM(ELMConfig(decoder, (("semantic", AdapterConfig(4, decoder.hidden_size, 16)),)))
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((24, 4)).astype(np.float32)
+    params = init_params(model.config, hf.load_params(path, decoder), {"semantic": vectors}, jax.random.key(1))
+    params = jax.device_get(params)
+    sequences = []
+    for i, v in enumerate(vectors):  # the target tokens are a function of the vector: learnable
+        target = [10 + int(v[0] > 0), 20 + int(v[1] > 0), 30 + (i % 3)]
+        prompt = [1, 5, 6, 0, 7]
+        sequences.append(
+            TrainSequence(
+                np.asarray(prompt + target + [2], np.int32),
+                np.asarray([-1, -1, -1, 0, -1] + [-1] * 4, np.int32),
+                len(prompt),
+                (v,),
+                (0,),
+            )
+        )
+    return model, params, sequences
+
+
+def _spec(accum=1, batch=8):
+    return BatchSpec(global_batch=batch, seq_len=12, space_dims=(("semantic", 4),), max_slots=1, accum_steps=accum)
+
+
+def _stage(name="stage1", trainable=STAGE1, steps=4, lr=3e-3, **kw):
+    step = StepConfig(lora=kw.pop("lora", None), vector_noise=kw.pop("vector_noise", 0.0))
+    optim = OptimConfig(learning_rate=lr, steps=steps, warmup_steps=1)
+    return StageConfig(name, trainable, optim, step, log_every=1, save_every=2, **kw)
+
+
+def _losses(workdir, stage="stage1", split="train"):
+    rows = [json.loads(line) for line in (workdir / stage / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == split]
+
+
+def _flat(tree):
+    return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+
+
+def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
+    first = example_indices(10, seed=3, step=0, global_batch=4)
+    np.testing.assert_array_equal(first, example_indices(10, seed=3, step=0, global_batch=4))
+    epoch = np.concatenate([example_indices(10, 3, s, 5) for s in range(2)])
+    assert sorted(epoch.tolist()) == list(range(10))
+    spec = BatchSpec(8, 12, (("semantic", 4),), 1, accum_steps=2)
+    rows = np.concatenate([host_rows(spec, p, 2) for p in range(2)])
+    assert sorted(rows.tolist()) == list(range(8))
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        host_rows(spec, 0, 3)
+
+
+def test_stage1_trains_adapters_and_leaves_every_llm_weight_bit_identical(tiny, tmp_path):
+    model, params, sequences = tiny
+    mesh = shd.make_mesh({"data": -1})
+    data = Batches(sequences, _spec(), pad_id=0, seed=0)
+    out = train_stage(model, params, _stage(steps=30, lr=2e-2), data, mesh, tmp_path, eval_sets={"eval": sequences})
+    before, after = _flat(params), _flat(out)
+    llm = [k for k in before if k.startswith("llm/")]
+    assert llm and all(np.array_equal(before[k], after[k]) for k in llm)
+    assert not np.allclose(before["adapters_semantic/fc1/kernel"], after["adapters_semantic/fc1/kernel"])
+    losses = _losses(tmp_path)
+    assert losses[-1] < 0.6 * losses[0]
+    # No optimizer state exists for frozen weights: only the adapter's leaves get Adam moments.
+    trainable, _ = partition(params, STAGE1)
+    moments = jax.eval_shape(make_optimizer(_stage().optim).init, trainable)
+    shapes = {x.shape for x in jax.tree.leaves(moments) if x.ndim}
+    assert shapes == {x.shape for x in jax.tree.leaves(trainable)}
+    assert len(jax.tree.leaves(moments)) < 3 * len(jax.tree.leaves(trainable)) + 4
+
+
+def test_sharded_training_gives_the_single_device_loss_curve(tiny, tmp_path):
+    model, params, sequences = tiny
+    curves = {}
+    for name, mesh in {
+        "one": shd.make_mesh({"data": 1}, jax.devices()[:1]),
+        "eight": shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}),
+    }.items():
+        data = Batches(sequences, _spec(), pad_id=0, seed=0)
+        train_stage(model, params, _stage("stage2", ".*", steps=5, lr=1e-3), data, mesh, tmp_path / name)
+        curves[name] = _losses(tmp_path / name, "stage2")
+    assert len(curves["one"]) == 5
+    np.testing.assert_allclose(curves["eight"], curves["one"], rtol=2e-5)  # tolerance: reduction order only
+
+
+def test_killed_and_resumed_run_ends_bit_identical(tiny, tmp_path, monkeypatch):
+    model, params, sequences = tiny
+    mesh = shd.make_mesh({"data": -1})
+    stage = _stage("stage2", ".*", steps=6, vector_noise=0.1)  # noise: the RNG must resume too
+    full = train_stage(model, params, stage, Batches(sequences, _spec(), 0, seed=0), mesh, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    data = Batches(sequences, _spec(), 0, seed=0)
+    real = data.host_batch
+
+    def dies_at_step_5(step):
+        if step == 5:
+            raise Killed
+        return real(step)
+
+    monkeypatch.setattr(data, "host_batch", dies_at_step_5)
+    with pytest.raises(Killed):
+        train_stage(model, params, stage, data, mesh, tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = train_stage(model, params, stage, Batches(sequences, _spec(), 0, seed=0), mesh, tmp_path / "resumed")
+    a, b = _flat(full), _flat(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "resumed", "stage2")[-2:] == _losses(tmp_path / "full", "stage2")[-2:]
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tiny, tmp_path, monkeypatch):
+    model, params, sequences = tiny
+    stage = _stage("stage2", ".*", steps=4)
+    data = Batches(sequences, _spec(), 0, seed=0)
+    real = data.host_batch
+    monkeypatch.setattr(data, "host_batch", lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 2 else real(s))
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(model, params, stage, data, shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), tmp_path)
+    monkeypatch.undo()
+    one = shd.make_mesh({"data": 1}, jax.devices()[:1])
+    out = train_stage(model, params, stage, Batches(sequences, _spec(), 0, seed=0), one, tmp_path)
+    ref = train_stage(model, params, stage, Batches(sequences, _spec(), 0, seed=0), one, tmp_path / "ref")
+    a, b = _flat(out), _flat(ref)
+    assert all(np.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert {x.sharding.num_devices for x in jax.tree.leaves(out)} == {1}
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny, tmp_path):
+    model, params, sequences = tiny
+    mesh = shd.make_mesh({"data": 4}, jax.devices()[:4])
+    with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
+        train_stage(
+            model, params, _stage(), Batches(sequences, _spec(accum=2), 0, 0), shd.make_mesh({"data": -1}), tmp_path
+        )
+    outs = {}
+    for accum in (1, 2):
+        data = Batches(sequences, _spec(accum=accum), 0, seed=0)
+        outs[accum] = _flat(train_stage(model, params, _stage(steps=2), data, mesh, tmp_path / str(accum)))
+    assert all(np.allclose(outs[1][k], outs[2][k], atol=1e-6) for k in outs[1])
+    np.testing.assert_allclose(_losses(tmp_path / "2"), _losses(tmp_path / "1"), rtol=1e-5)
+
+
+def test_lora_starts_as_the_base_model_and_trains_only_factors_and_adapters(tiny, tmp_path):
+    model, params, sequences = tiny
+    mesh = shd.make_mesh({"data": 2, "tensor": 2, "fsdp": 2})
+    lora = LoraConfig(rank=2, targets=r"llm/layers/(attn/(q|v)|mlp/down)_kernel")
+    fresh = add_lora(model, params, lora, mesh, shd.DEFAULT_RULES, seed=0)
+    folded = _flat(apply_lora(fresh, lora))
+    assert all(np.array_equal(folded[k], v) for k, v in _flat(params).items())  # B = 0
+    stage = _stage("stage2", r"adapters_.*|lora/.*", steps=6, lora=lora)
+    out = train_stage(model, fresh, stage, Batches(sequences, _spec(), 0, seed=0), mesh, tmp_path)
+    before, after = _flat(params), _flat(out)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed >= {"llm/layers/attn/q_kernel", "llm/layers/attn/v_kernel", "llm/layers/mlp/down_kernel"}
+    assert not any("k_kernel" in k or "norm" in k or k == "llm/embedding" for k in changed)
+
+
+def test_shuffled_control_and_adapter_export_round_trip(tiny, tmp_path):
+    model, params, sequences = tiny
+    shuffled = shuffled_vectors(sequences)
+    assert all(not np.array_equal(a.vectors[0], b.vectors[0]) for a, b in zip(sequences, shuffled))
+    path = export_adapters(tmp_path / "adapters", params, model.config.adapters)
+    loaded, adapters = import_adapters(path)
+    assert adapters == model.config.adapters
+    assert all(np.array_equal(v, _flat(params)[k]) for k, v in _flat(loaded).items())
+    (path / "adapters.json").write_text("{")
+    with pytest.raises(ValueError, match="adapters.json"):
+        import_adapters(path)
