@@ -73,7 +73,8 @@ def semantic_embeddings(texts: Sequence[Sequence[str]], encode: Encoder) -> np.n
     return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _split(n: int, test: float, rng: np.random.Generator) -> np.ndarray:
+def random_split(n: int, test: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of `test` (a fraction below 1, else a count) of n entities, drawn with `rng`."""
     count = int(round(test * n)) if test < 1 else int(test)
     if not 0 < count < n:
         raise ValueError(f"a test split of {test} leaves {count} of {n} entities for test; need at least one each side")
@@ -153,7 +154,10 @@ def build_catalog(
     )
     ratings = sp.csr_matrix((r.rating[keep], (u_index, m_index)), shape=(len(user_ids), len(movie_rows)))
     rng = np.random.default_rng(config.seed)
-    test = {"movie": _split(len(movies), config.test_movies, rng), "user": _split(len(users), config.test_users, rng)}
+    test = {
+        "movie": random_split(len(movies), config.test_movies, rng),
+        "user": random_split(len(users), config.test_users, rng),
+    }
     return Catalog(movies, users, ratings, test)
 
 

@@ -1,13 +1,16 @@
-"""The in-memory world an ELM is trained and evaluated on: entities, their embeddings, ratings, the split.
+"""The in-memory world an ELM is trained and evaluated on: entities, their embeddings, ratings, the split, tags.
 
 Every source (MovieLens, the embedded default, a user's own files) ends up as a `Catalog`. Entities of one
 kind live in an `EntityTable` whose rows line up with its embedding matrices; ratings are a sparse
-users x movies matrix (0 = unrated, as the paper imputes for behavioral consistency).
+users x movies matrix (0 = unrated, as the paper imputes for behavioral consistency); tags say which movies
+users tagged with a concept ("funny"), which is what concept activation vectors are learned from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -58,12 +61,17 @@ class Catalog:
     users: EntityTable
     ratings: sp.csr_matrix  # (len(users), len(movies)), 0 = unrated
     test: Mapping[str, np.ndarray]  # kind -> row indices held out from training (entity-level split)
+    tags: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)  # concept -> tagged movie rows
 
     def __post_init__(self):
         expected = (len(self.users), len(self.movies))
         if self.ratings.shape != expected:
             raise ValueError(f"ratings have shape {self.ratings.shape}; expected (users, movies) = {expected}")
         self.ratings = sp.csr_matrix(self.ratings, dtype=np.float32)
+        for concept, rows in self.tags.items():
+            outside = [r for r in rows if not 0 <= r < len(self.movies)]
+            if outside:
+                raise ValueError(f"tag {concept!r} names movie row {outside[0]}; there are {len(self.movies)} movies")
 
     def table(self, kind: str) -> EntityTable:
         tables = {"movie": self.movies, "user": self.users}
@@ -78,3 +86,23 @@ class Catalog:
         liked = order[:n].tolist()
         disliked = [m for m in order[::-1] if m not in liked][:n]
         return liked, disliked
+
+
+def fingerprint(catalog: Catalog) -> str:
+    """A hash of everything in the catalogue, so results derived from it are reused only while it is unchanged."""
+    h = hashlib.sha1()
+    for table in (catalog.movies, catalog.users):
+        h.update(json.dumps([table.kind, table.ids.tolist(), table.names, table.texts]).encode())
+        for space in sorted(table.embeddings):
+            matrix = np.ascontiguousarray(table.embeddings[space], np.float32)
+            h.update(json.dumps([space, matrix.shape]).encode())
+            h.update(matrix.tobytes())
+    ratings = catalog.ratings.copy()
+    ratings.sum_duplicates()  # canonical form: sorted indices, no duplicates
+    h.update(json.dumps(ratings.shape).encode())
+    for part in (ratings.indptr.astype(np.int64), ratings.indices.astype(np.int64), ratings.data):
+        h.update(np.ascontiguousarray(part).tobytes())
+    test = {kind: sorted(np.asarray(rows).tolist()) for kind, rows in catalog.test.items()}
+    tags = {concept: sorted(set(np.asarray(rows).tolist())) for concept, rows in catalog.tags.items()}
+    h.update(json.dumps([test, tags], sort_keys=True).encode())
+    return h.hexdigest()[:16]
