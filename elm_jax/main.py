@@ -140,7 +140,14 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
     print(f"\nwrote {workdir / 'eval' / 'metrics.json'}")
 
 
-JOBS = {"generate": run_generate, "evaluate": run_evaluate}
+def run_prepare(config, workdir: pathlib.Path) -> None:
+    """Training targets and tag CAVs under workdir (elm_jax/data/prepare.py), reused when their inputs are unchanged."""
+    from elm_jax.data import prepare
+
+    prepare.run(config, workdir)
+
+
+JOBS = {"generate": run_generate, "evaluate": run_evaluate, "prepare": run_prepare}
 
 
 def main(argv) -> None:

@@ -15,9 +15,13 @@ since users live in the same space, move users too (the paper's Fig. 5).
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from elm_jax.io_utils import atomic_write_npz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,3 +117,33 @@ def move(vectors: np.ndarray, cav: CAV, alpha: float | np.ndarray) -> np.ndarray
         )
     alpha = np.asarray(alpha, np.float32)[..., None] if np.ndim(alpha) else np.float32(alpha)
     return vectors + alpha * np.float32(cav.gap) * cav.direction
+
+
+def save_cavs(path: str | os.PathLike, space: str, learned: Sequence[CAV]) -> pathlib.Path:
+    """One space's CAVs as an .npz (written atomically), for `load_cavs` in later jobs."""
+    other = [c.concept for c in learned if c.space != space]
+    if other:
+        raise ValueError(f"CAV {other[0]!r} lives in another space than {space!r}")
+    return atomic_write_npz(
+        path,
+        {
+            "space": np.array(space),
+            "concepts": np.array([c.concept for c in learned], np.str_),
+            "directions": np.stack([c.direction for c in learned]) if learned else np.zeros((0, 0), np.float32),
+            "gaps": np.array([c.gap for c in learned], np.float64),
+            "accuracies": np.array([c.accuracy for c in learned], np.float64),
+            "n_positive": np.array([c.n_positive for c in learned], np.int64),
+        },
+    )
+
+
+def load_cavs(path: str | os.PathLike) -> dict[str, CAV]:
+    """Concept -> CAV, as `save_cavs` wrote them."""
+    with np.load(path, allow_pickle=False) as f:
+        space = str(f["space"])
+        return {
+            str(concept): CAV(str(concept), space, direction, float(gap), float(accuracy), int(n))
+            for concept, direction, gap, accuracy, n in zip(
+                f["concepts"], f["directions"], f["gaps"], f["accuracies"], f["n_positive"], strict=True
+            )
+        }
