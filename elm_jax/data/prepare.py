@@ -113,7 +113,7 @@ def file_targets(
             out.append(target)
             counts[target.task] += 1
     if straddling:
-        logging.info("%s: %d %s rows mix train and test entities and are left out", path, straddling, split)
+        logging.info("%s: %d rows mix train and test entities and go to neither side", path, straddling)
     return out
 
 
