@@ -4,6 +4,7 @@ Run:  python -m elm_jax.main --config=configs/default.py --workdir=runs/default
 Args: --config=configs/default.py:llm=gemma3-270m  (any name, .gguf file or Hugging Face folder)
       --config=configs/default.py:job=evaluate  (consistency evaluation on held-out entities)
       --config=configs/default.py:job=prepare  (training targets and tag CAVs; any data.source)
+      --config=configs/default.py:job=train  (prepare, then stage 1 and stage 2; resumable)
 Any field: --config.generate.max_new_tokens=32 --config.mesh.tensor=2
 
 Until the end-to-end pipeline lands, the main job generates with the default LLM.
@@ -29,10 +30,36 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
+def stage_config(**fields) -> ml_collections.ConfigDict:
+    """One training stage's section; `fields` override the defaults."""
+    c = ml_collections.ConfigDict(
+        dict(
+            trainable=r"adapters_.*",
+            steps=100,
+            learning_rate=1e-3,
+            warmup_steps=10,
+            schedule="cosine",  # cosine | constant, after a linear warmup
+            end_fraction=0.1,
+            weight_decay=0.0,
+            grad_clip=1.0,
+            vector_noise=0.0,  # Gaussian noise on adapter inputs, in per-dimension stds of the training vectors
+            lora=dict(rank=0, alpha=16.0, targets=r"llm/layers.*/(attn/(q|k|v|o)|mlp/(gate|up|down))_kernel"),
+            log_every=10,
+            eval_every=50,
+            save_every=50,
+            keep=2,
+            async_save=True,
+            peak_flops_per_device=0.0,  # for MFU; 0 looks the device kind up (none on CPU)
+        )
+    )
+    c.update(fields)
+    return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, llm="smollm2-135m-instruct", job="generate")
     c = ml_collections.ConfigDict()
-    c.job = args.job  # generate | evaluate | prepare
+    c.job = args.job  # generate | evaluate | prepare | train
     c.seed = 0
     c.llm = ml_collections.ConfigDict(
         dict(
@@ -86,14 +113,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             export=ml_collections.config_dict.placeholder(str),  # also write the catalogue as your-own-data folder
         )
     )
-    c.elm = ml_collections.ConfigDict(dict(adapter=dict(hidden_dim=1024, activation="gelu", num_tokens=1)))
+    c.elm = ml_collections.ConfigDict(
+        dict(
+            adapter=dict(hidden_dim=1024, activation="gelu", num_tokens=1),
+            chat=args.llm != "gemma3-270m",  # ELM prompts inside the chat template, in training and evaluation
+        )
+    )
+    c.train = ml_collections.ConfigDict(
+        dict(
+            stages=("stage1", "stage2"),
+            batch_size=8,  # global, over all hosts; a multiple of the mesh's batch shards x accum_steps
+            accum_steps=1,
+            max_len=256,  # prompt + target tokens; longer targets are cut (and counted in the log)
+            eval_examples=64,  # held-out targets scored for eval loss, with their true and with shuffled vectors
+        )
+    )
+    # Stage 1 fits the adapters with the LLM frozen (paper §2: needed for convergence); stage 2 trains
+    # everything, or the adapters plus LoRA factors when lora.rank > 0. `trainable` is a regex over paths
+    # such as adapters_semantic/fc1/kernel or llm/layers/attn/q_kernel.
+    c.stage1 = stage_config(trainable=r"adapters_.*", steps=200, learning_rate=1e-3, warmup_steps=20)
+    c.stage2 = stage_config(trainable=r".*", steps=200, learning_rate=5e-5, warmup_steps=20)
     c.eval = ml_collections.ConfigDict(
         dict(
             tasks=("movie", "user"),
             task_file=ml_collections.config_dict.placeholder(str),
             conditions=("elm", "zero", "random", "text"),
             max_examples_per_task=20,
-            chat=args.llm != "gemma3-270m",
             user_text="titles",
             max_ranked_users=100,
             ranked_items=100,

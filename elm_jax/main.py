@@ -10,34 +10,23 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from elm_jax import distributed
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py[:arg]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for outputs, caches and checkpoints.")
 
 
-def _load_llm(llm, mesh):
-    """The configured decoder LLM, sharded over `mesh` (config.llm: checkpoint plus execution fields)."""
-    from elm_jax.weights.pretrained import load_decoder
-
-    return load_decoder(
-        llm.checkpoint,
-        mesh,
-        dtype=llm.dtype,
-        param_dtype=llm.param_dtype,
-        scan_layers=llm.scan_layers,
-        remat_policy=llm.remat_policy,
-    )
-
-
 def run_generate(config, workdir: pathlib.Path) -> None:
     from elm_jax import sharding
     from elm_jax.generate import SamplingConfig, generate_text
     from elm_jax.io_utils import atomic_write_jsonl
+    from elm_jax.weights.pretrained import load_configured_decoder
 
     mesh = sharding.make_mesh(config.mesh)
     t0 = time.perf_counter()
-    loaded = _load_llm(config.llm, mesh)
+    loaded = load_configured_decoder(config.llm, mesh)
     logging.info(
         "loaded %s (%.1fM params) from %s in %.1fs",
         config.llm.checkpoint,
@@ -84,11 +73,12 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
     from elm_jax.generate import SamplingConfig, generate_elm_text, generate_text
     from elm_jax.models.adapter import AdapterConfig
     from elm_jax.models.elm import ELM, ELMConfig, init_params
+    from elm_jax.weights.pretrained import load_configured_decoder
 
     mesh = sharding.make_mesh(config.mesh)
     encoder = TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
     catalog, _ = sources.load_catalog(config.data, encoder, workdir / "data", mesh)
-    loaded = _load_llm(config.llm, mesh)
+    loaded = load_configured_decoder(config.llm, mesh)
     spaces = {"semantic": catalog.movies.embeddings["semantic"], "behavioral": catalog.users.embeddings["behavioral"]}
     a = config.elm.adapter
     adapters = tuple(
@@ -103,7 +93,7 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
     settings = pipeline.EvalSettings(
         conditions=tuple(e.conditions),
         max_examples_per_task=e.max_examples_per_task,
-        chat=e.chat,
+        chat=config.elm.chat,
         tokens_per_slot=a.num_tokens,
         user_text=e.user_text,
         max_ranked_users=e.max_ranked_users,
@@ -122,7 +112,7 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
         loaded.params,
         loaded.tokenizer,
         sampling=sampling,
-        chat=e.chat,
+        chat=config.elm.chat,
         seed=config.seed,
         batch_size=e.batch_size,
     )
@@ -147,7 +137,14 @@ def run_prepare(config, workdir: pathlib.Path) -> None:
     prepare.run(config, workdir)
 
 
-JOBS = {"generate": run_generate, "evaluate": run_evaluate, "prepare": run_prepare}
+def run_train(config, workdir: pathlib.Path) -> None:
+    """Prepare (reused if done), then the configured training stages (elm_jax/train.py), resumable."""
+    from elm_jax import train
+
+    train.run(config, workdir)
+
+
+JOBS = {"generate": run_generate, "evaluate": run_evaluate, "prepare": run_prepare, "train": run_train}
 
 
 def main(argv) -> None:
@@ -163,6 +160,7 @@ def main(argv) -> None:
     workdir = pathlib.Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
+        distributed.maybe_initialize()
         JOBS[config.job](config, workdir)
     except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, without a traceback
         if logging.getLogger().isEnabledFor(logging.DEBUG):

@@ -171,11 +171,9 @@ def train_stage(
     if lora is not None and "lora" not in params:
         params = add_lora(model, params, lora, mesh, rules, stage.seed)
     shardings = param_shardings(model, mesh, rules, lora)
-    params = jax.device_put(params, shardings)
-    trainable, frozen = partition(params, stage.trainable)
+    trainable, frozen = partition(jax.device_put(params, shardings), stage.trainable)
     t_sh, f_sh = partition(shardings, stage.trainable)
     replicated = NamedSharding(mesh, P())
-
     tx = make_optimizer(stage.optim)
     o_sh = optax.tree_map_params(
         tx, lambda _, s: s, jax.eval_shape(tx.init, trainable), t_sh, transform_non_params=lambda _: replicated
@@ -184,26 +182,48 @@ def train_stage(
     b_sh = batch_shardings(data.spec, mesh, rules)
 
     ckpt = Checkpointer(workdir / "checkpoints", stage.save_every, stage.keep, stage.async_save)
-    start = ckpt.latest_step() or 0
-    if start:
-        abstract = {
-            "step": jax.ShapeDtypeStruct((), jnp.int32),
-            "params": trainable,
-            "opt_state": jax.eval_shape(tx.init, trainable),
-            "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
-        }
-        state, meta = ckpt.restore(start, abstract_like(abstract, state_sh))
-        logging.info("%s: resumed at step %d (%s examples seen)", stage.name, start, meta.get("examples_seen"))
-    else:
-        state = {
-            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-            "params": trainable,
-            "opt_state": jax.jit(tx.init, out_shardings=o_sh)(trainable),
-            "rng": jax.device_put(jax.random.key_data(jax.random.key(stage.seed)), replicated),
-        }
-    weight_grads = stage.step.lora is None and "llm" in trainable  # for the FLOP count
-    del trainable
+    try:
+        start = ckpt.latest_step() or 0
+        if start:
+            abstract = {
+                "step": jax.ShapeDtypeStruct((), jnp.int32),
+                "params": trainable,
+                "opt_state": jax.eval_shape(tx.init, trainable),
+                "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+            }
+            state, meta = ckpt.restore(start, abstract_like(abstract, state_sh))
+            logging.info("%s: restored step %d (%s examples seen)", stage.name, start, meta.get("examples_seen"))
+        else:
+            state = {
+                "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                # A copy: the step donates the state, and the caller's arrays must survive it.
+                "params": jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=t_sh)(trainable),
+                "opt_state": jax.jit(tx.init, out_shardings=o_sh)(trainable),
+                "rng": jax.device_put(jax.random.key_data(jax.random.key(stage.seed)), replicated),
+            }
+        del trainable
+        if start < stage.optim.steps:
+            writer = MetricsWriter(workdir / "logs")
+            try:
+                shardings = (state_sh, f_sh, b_sh)
+                state = _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings, eval_sets)
+            finally:
+                writer.close()
+        else:
+            logging.info("%s: already finished (step %d)", stage.name, start)
+    finally:
+        ckpt.close()
+    full = merge(state["params"], frozen)
+    if jax.process_index() == 0:
+        export_adapters(workdir / "adapters", full, model.config.adapters)
+    return apply_lora(full, lora) if lora else full
 
+
+def _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings, eval_sets) -> dict:
+    """Steps `start`..`steps` of a stage: AOT-compiled step, logging, periodic eval and async checkpoints."""
+    state_sh, f_sh, b_sh = shardings
+    t_sh, replicated = state_sh["params"], state_sh["step"]
+    spec, steps = data.spec, stage.optim.steps
     scales = _vector_scales(data) if stage.step.vector_noise else None
     step_fn = jax.jit(
         make_train_step(model, tx, stage.step, scales),
@@ -211,17 +231,14 @@ def train_stage(
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
     )
-    compiled = step_fn.lower(state, frozen, _abstract_batch(data.spec, b_sh)).compile()
+    compiled = step_fn.lower(state, frozen, _abstract_batch(spec, b_sh)).compile()
     _log_memory(compiled, f"{stage.name} train step")
     evaluate = jax.jit(make_eval_step(model, stage.step), in_shardings=(t_sh, f_sh, b_sh), out_shardings=replicated)
 
-    steps = stage.optim.steps
-    writer = MetricsWriter(workdir / "logs")
     lr = learning_rate(stage.optim)
-    spec = data.spec
+    weight_grads = stage.step.lora is None and "llm" in state["params"]  # else the LLM's matmuls cost 4N, not 6N
     flops = train_flops_per_token(model.config.decoder, spec.seq_len, weight_grads)
     peak = stage.peak_flops_per_device or peak_flops_per_device()
-    meta = lambda step: {"stage": stage.name, "step": step, "examples_seen": step * spec.global_batch}
 
     def run_eval(step: int) -> None:
         for name, sequences in (eval_sets or {}).items():
@@ -241,25 +258,23 @@ def train_stage(
                 metrics = jax.device_get(metrics)
                 elapsed = time.perf_counter() - t_last
                 tokens_per_s = (done - step_last) * spec.global_batch * spec.seq_len / elapsed
-                scalars = {**metrics, "learning_rate": lr(step), "tokens_per_s": tokens_per_s}
-                scalars["epoch"] = data.epoch(done)
+                scalars = {
+                    **metrics,
+                    "learning_rate": lr(step),
+                    "tokens_per_s": tokens_per_s,
+                    "epoch": data.epoch(done),
+                }
                 if peak:
                     scalars["mfu"] = tokens_per_s * flops / (peak * jax.device_count())
                 writer.write(done, scalars)
                 bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
                 t_last, step_last = time.perf_counter(), done
-            if stage.eval_every and done % stage.eval_every == 0 and done != steps:
+            if stage.eval_every and done % stage.eval_every == 0 or done == steps:
                 run_eval(done)
-            ckpt.save(done, state, meta(done), force=done == steps)
+            meta = {"stage": stage.name, "step": done, "examples_seen": done * spec.global_batch}
+            ckpt.save(done, state, meta, force=done == steps)
             bar.update(1)
-    if start < steps or not ckpt.latest_step():
-        run_eval(steps)
-    ckpt.close()
-    writer.close()
-    full = merge(state["params"], frozen)
-    if jax.process_index() == 0:
-        export_adapters(workdir / "adapters", full, model.config.adapters)
-    return apply_lora(full, lora) if lora else full
+    return state
 
 
 def _vector_scales(data: Batches) -> dict[str, jax.Array]:
@@ -270,3 +285,104 @@ def _vector_scales(data: Batches) -> dict[str, jax.Array]:
         vs = [v for s in data.sequences for v, sp in zip(s.vectors, s.spaces) if sp == i]
         out[name] = jnp.asarray(np.std(np.stack(vs), axis=0) if vs else np.ones(dict(data.spec.space_dims)[name]))
     return out
+
+
+def stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
+    """A `config.stage1` / `config.stage2` section -> StageConfig (field names as in configs/default.py)."""
+    try:
+        return _stage_from_config(name, c, seed)
+    except ValueError as e:
+        raise ValueError(f"config.{name}: {e}") from None
+
+
+def _stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
+    lora = LoraConfig(c.lora.rank, c.lora.alpha, c.lora.targets) if c.lora.rank else None
+    optim = OptimConfig(
+        learning_rate=c.learning_rate,
+        steps=c.steps,
+        warmup_steps=c.warmup_steps,
+        schedule=c.schedule,
+        end_fraction=c.end_fraction,
+        weight_decay=c.weight_decay,
+        grad_clip=c.grad_clip,
+    )
+    trainable = c.trainable if lora is None else rf"(?:{c.trainable})|lora/.*"
+    return StageConfig(
+        name=name,
+        trainable=trainable,
+        optim=optim,
+        step=StepConfig(lora=lora, vector_noise=c.vector_noise),
+        seed=seed,
+        log_every=c.log_every,
+        eval_every=c.eval_every,
+        save_every=c.save_every,
+        keep=c.keep,
+        async_save=c.async_save,
+        peak_flops_per_device=c.peak_flops_per_device,
+    )
+
+
+def run(config: Any, workdir: pathlib.Path) -> dict:
+    """The `train` job: prepared targets -> sequences -> each configured stage in turn; returns final params."""
+    from elm_jax.data import prepare
+    from elm_jax.data import targets as targets_lib
+    from elm_jax.data.train_batches import encode_targets
+    from elm_jax.models.adapter import AdapterConfig
+    from elm_jax.models.elm import ELMConfig, init_params
+    from elm_jax.weights.pretrained import load_configured_decoder
+
+    unknown = [name for name in config.train.stages if name not in ("stage1", "stage2")]
+    if unknown:
+        raise ValueError(f"train.stages has {unknown[0]!r}; stages are stage1 and stage2")
+    stages = [stage_from_config(name, config[name], config.seed) for name in config.train.stages]
+    mesh = shd.make_mesh(config.mesh)
+    catalog, tasks = prepare.run(config, workdir, mesh)
+    registry = {t.name: t for t in tasks}
+    targets = {
+        s: targets_lib.read_jsonl(workdir / "targets" / f"{s}.jsonl", catalog, registry) for s in ("train", "test")
+    }
+    loaded = load_configured_decoder(config.llm, mesh)
+
+    a = config.elm.adapter
+    spaces = sorted({(t.entity, space) for t in tasks for space in t.spaces.values()}, key=lambda x: x[1])
+    matrices = {space: catalog.table(kind).embeddings[space] for kind, space in spaces}
+    adapters = tuple(
+        (name, AdapterConfig(m.shape[1], loaded.config.hidden_size, a.hidden_dim, a.activation, a.num_tokens))
+        for name, m in sorted(matrices.items())
+    )
+    model = ELM(ELMConfig(loaded.config, adapters))
+    params = init_params(model.config, loaded.params, matrices, jax.random.key(config.seed))
+
+    t = config.train
+    encode = lambda ts: encode_targets(
+        catalog,
+        registry,
+        ts,
+        loaded.tokenizer,
+        model.config.space_names,
+        tokens_per_slot=a.num_tokens,
+        chat=config.elm.chat,
+        max_len=t.max_len,
+    )
+    train_seqs = encode(targets["train"])
+    eval_seqs = encode(targets["test"][: t.eval_examples])
+    longest = max(len(s.tokens) for s in train_seqs + eval_seqs)
+    spec = BatchSpec(
+        global_batch=t.batch_size,
+        seq_len=min(-(-longest // 16) * 16, t.max_len),
+        space_dims=tuple((name, cfg.input_dim) for name, cfg in adapters),
+        max_slots=max(len(s.spaces) for s in train_seqs),
+        accum_steps=t.accum_steps,
+    )
+    logging.info(
+        "training on %d sequences (%d held out for eval loss), %d tokens each, batch %d",
+        len(train_seqs),
+        len(eval_seqs),
+        spec.seq_len,
+        spec.global_batch,
+    )
+    data = Batches(train_seqs, spec, loaded.tokenizer.pad_id, config.seed, jax.process_index(), jax.process_count())
+    eval_sets = {"eval": eval_seqs, "eval_shuffled": shuffled_vectors(eval_seqs)} if eval_seqs else None
+    for stage in stages:
+        params = train_stage(model, params, stage, data, mesh, workdir, eval_sets=eval_sets)
+    return params

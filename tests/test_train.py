@@ -105,7 +105,9 @@ def test_sharded_training_gives_the_single_device_loss_curve(tiny, tmp_path):
         "eight": shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}),
     }.items():
         data = Batches(sequences, _spec(), pad_id=0, seed=0)
-        train_stage(model, params, _stage("stage2", ".*", steps=5, lr=1e-3), data, mesh, tmp_path / name)
+        on_device = jax.device_put(params)
+        train_stage(model, on_device, _stage("stage2", ".*", steps=5, lr=1e-3), data, mesh, tmp_path / name)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(on_device), jax.tree.leaves(params)))
         curves[name] = _losses(tmp_path / name, "stage2")
     assert len(curves["one"]) == 5
     np.testing.assert_allclose(curves["eight"], curves["one"], rtol=2e-5)  # tolerance: reduction order only

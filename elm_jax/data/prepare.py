@@ -285,12 +285,15 @@ def export(catalog: Catalog, path: pathlib.Path) -> bool:
     return True
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
-    """The CLI job: the catalogue of any source, then its targets and CAVs under `workdir` (see the module doc)."""
+def run(config: Any, workdir: pathlib.Path, mesh=None) -> tuple[Catalog, list[Task]]:
+    """The catalogue of any source, then its targets and CAVs under `workdir` (see the module doc).
+
+    Returns the catalogue and the selected tasks, for the jobs (training) that run `prepare` first.
+    """
     from elm_jax import sharding
     from elm_jax.encoder import TextEncoder
 
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = mesh or sharding.make_mesh(config.mesh)
     encoder = None if config.data.source == "folder" else TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
     catalog, raw = sources.load_catalog(config.data, encoder, workdir / "data", mesh)
     if config.prepare.export:  # before the slow steps, so a clash with an existing folder fails fast
@@ -314,3 +317,4 @@ def run(config: Any, workdir: pathlib.Path) -> None:
     for space, report in cav_step.summary["spaces"].items():
         accuracy = "-" if report["mean_accuracy"] is None else f"{report['mean_accuracy']:.3f}"
         print(f"cavs {space} ({done(cav_step)}): {len(report['concepts'])} concepts, mean held-out accuracy {accuracy}")
+    return catalog, tasks

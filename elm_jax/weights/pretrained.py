@@ -100,3 +100,15 @@ def load_decoder(
     shardings = shd.logical_shardings(abstract_params(config), mesh, rules) if mesh is not None else None
     params = hf.load_params(path, config, shardings)
     return LoadedDecoder(Decoder(config), params, Tokenizer.from_dir(path), path)
+
+
+def load_configured_decoder(llm: Any, mesh: jax.sharding.Mesh | None = None) -> LoadedDecoder:
+    """`load_decoder` for a config's `llm` section: checkpoint plus execution fields (dtypes, scan, remat)."""
+    return load_decoder(
+        llm.checkpoint,
+        mesh,
+        dtype=llm.dtype,
+        param_dtype=llm.param_dtype,
+        scan_layers=llm.scan_layers,
+        remat_policy=llm.remat_policy,
+    )
