@@ -5,7 +5,11 @@ and each host feeds only its own rows of a global batch. Settings come from the 
 scripts stay thin:
   ELM_JAX_COORDINATOR   host:port of process 0 (explicit, as jax's default port has changed between versions)
   ELM_JAX_NUM_PROCESSES, ELM_JAX_PROCESS_ID   for local or hand-rolled launches
-On TPU VMs and under Slurm, jax detects these itself when ELM_JAX_DISTRIBUTED=1 is set.
+  ELM_JAX_LOCAL_DEVICE_IDS   e.g. "3": the devices of this process, when there is one process per GPU
+  ELM_JAX_INIT_TIMEOUT   seconds to wait for every process to join (default 300)
+On TPU VMs and under Slurm, jax detects what is not given when ELM_JAX_DISTRIBUTED=1 is set; when the
+coordinator, process count and id are all given, it detects nothing (each process sees all its devices
+unless ELM_JAX_LOCAL_DEVICE_IDS says otherwise). launch/ has scripts for TPU pods, Slurm and local runs.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ def maybe_initialize() -> bool:
                 kwargs[name] = int(os.environ[env])
             except ValueError:
                 raise ValueError(f"{env}={os.environ[env]!r} is not an integer") from None
-    if "ELM_JAX_LOCAL_DEVICE_IDS" in os.environ:  # Slurm with several GPUs per task
+    if "ELM_JAX_LOCAL_DEVICE_IDS" in os.environ:  # one process per GPU: which of the node's GPUs is its own
         kwargs["local_device_ids"] = [int(i) for i in os.environ["ELM_JAX_LOCAL_DEVICE_IDS"].split(",")]
+    if {"coordinator_address", "num_processes", "process_id"} <= kwargs.keys():
+        # All given: jax must not fill in the rest from the cluster, or under Slurm it restricts each process
+        # to the one GPU of its local rank, even a process that should drive all GPUs of its node.
+        kwargs["cluster_detection_method"] = "deactivate"
     timeout = int(os.environ.get("ELM_JAX_INIT_TIMEOUT", "300"))
     jax.distributed.initialize(initialization_timeout=timeout, **kwargs)
     logging.info(

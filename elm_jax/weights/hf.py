@@ -116,7 +116,7 @@ def _head_name(folder: SafetensorsFolder, prefix: str) -> str:
 
 
 def load_params(ckpt_dir: str | os.PathLike, config: DecoderConfig, shardings: Any = None) -> dict:
-    """Params tree for `Decoder(config)`, each leaf placed on `shardings` (default: first device).
+    """Params tree for `Decoder(config)`, each leaf placed on `shardings` (default: this process's first device).
 
     Raises ValueError naming the tensor when a shape disagrees with the config.
     """
@@ -140,7 +140,7 @@ def load_params(ckpt_dir: str | os.PathLike, config: DecoderConfig, shardings: A
         return ours.astype(dtype)
 
     def place(shape, sharding, fetch: Callable[[tuple], np.ndarray]) -> jax.Array:
-        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return jax.make_array_from_callback(tuple(shape), sharding, fetch)
 
     def top(name: str, transform: Callable | None, leaf, sharding) -> jax.Array:
