@@ -5,6 +5,7 @@ Args: --config=configs/default.py:llm=gemma3-270m  (any name, .gguf file or Hugg
       --config=configs/default.py:job=evaluate  (consistency evaluation on held-out entities)
       --config=configs/default.py:job=prepare  (training targets and tag CAVs; any data.source)
       --config=configs/default.py:job=train  (prepare, then stage 1 and stage 2; resumable)
+      --config=configs/default.py:job=query  (talk to the trained ELM: describe, interpolate, cav, profile)
 Any field: --config.generate.max_new_tokens=32 --config.mesh.tensor=2
 
 Until the end-to-end pipeline lands, the main job generates with the default LLM.
@@ -59,7 +60,7 @@ def stage_config(**fields) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, llm="smollm2-135m-instruct", job="generate")
     c = ml_collections.ConfigDict()
-    c.job = args.job  # generate | evaluate | prepare | train
+    c.job = args.job  # generate | evaluate | prepare | train | query
     c.seed = 0
     c.llm = ml_collections.ConfigDict(
         dict(
@@ -145,6 +146,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             chunk_size=32,
             n_resamples=1000,
             max_new_tokens=64,
+            temperature=0.0,
+            top_k=0,
+            top_p=1.0,
+            batch_size=8,
+        )
+    )
+    # Talking to embeddings (elm_jax/query.py): one query per run, written to workdir/queries/<name>.jsonl.
+    c.query = ml_collections.ConfigDict(
+        dict(
+            kind="describe",  # describe | interpolate | cav | profile
+            name=ml_collections.config_dict.placeholder(str),  # the output file's name; default: the kind
+            entities=(),  # entity ids (or exact titles); interpolate takes 2 in all, cav 1 (with vector_file rows)
+            vector_file=ml_collections.config_dict.placeholder(str),  # raw vectors: .npy or JSON, one per row
+            entity_kind=ml_collections.config_dict.placeholder(str),  # movie | user; default: the task's
+            task=ml_collections.config_dict.placeholder(str),  # a one-slot task; default: summary / user_profile
+            prompt=ml_collections.config_dict.placeholder(str),  # or a free-form prompt: "Describe {movie}."
+            space=ml_collections.config_dict.placeholder(str),  # for a prompt; default: what the ELM trained on
+            alphas=(0.0, 0.25, 0.5, 0.75, 1.0),  # interpolate: (1 - a) * x + a * y; cav: x + a * gap * v
+            concept=ml_collections.config_dict.placeholder(str),  # cav: a tag (workdir/cavs/summary.json)
+            force=False,  # allow alphas outside [-1, 2] (interpolate) or [-5, 5] (cav)
+            untrained=False,  # True: fresh adapters instead of the ELM trained in the workdir
+            max_new_tokens=128,
             temperature=0.0,
             top_k=0,
             top_p=1.0,

@@ -144,7 +144,20 @@ def run_train(config, workdir: pathlib.Path) -> None:
     train.run(config, workdir)
 
 
-JOBS = {"generate": run_generate, "evaluate": run_evaluate, "prepare": run_prepare, "train": run_train}
+def run_query(config, workdir: pathlib.Path) -> None:
+    """Talk to the ELM trained in workdir (elm_jax/query.py): texts and consistency in workdir/queries/<name>.jsonl."""
+    from elm_jax import query
+
+    query.run(config, workdir)
+
+
+JOBS = {
+    "generate": run_generate,
+    "evaluate": run_evaluate,
+    "prepare": run_prepare,
+    "train": run_train,
+    "query": run_query,
+}
 
 
 def main(argv) -> None:
