@@ -6,6 +6,7 @@ Args: --config=configs/default.py:llm=gemma3-270m  (any name, .gguf file or Hugg
       --config=configs/default.py:job=prepare  (training targets and tag CAVs; any data.source)
       --config=configs/default.py:job=train  (prepare, then stage 1 and stage 2; resumable)
       --config=configs/default.py:job=query  (talk to the trained ELM: describe, interpolate, cav, profile)
+      --config=configs/default.py:job=report  (the paper's Table 2 and Figs. 3-5 on this run, as HTML)
 Any field: --config.generate.max_new_tokens=32 --config.mesh.tensor=2
 
 Until the end-to-end pipeline lands, the main job generates with the default LLM.
@@ -60,7 +61,7 @@ def stage_config(**fields) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, llm="smollm2-135m-instruct", job="generate")
     c = ml_collections.ConfigDict()
-    c.job = args.job  # generate | evaluate | prepare | train | query
+    c.job = args.job  # generate | evaluate | prepare | train | query | report
     c.seed = 0
     c.llm = ml_collections.ConfigDict(
         dict(
@@ -139,6 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             tasks=("movie", "user"),
             task_file=ml_collections.config_dict.placeholder(str),
             conditions=("elm", "zero", "random", "text"),
+            untrained=False,  # True: score fresh adapters (a floor) instead of the ELM trained in the workdir
             max_examples_per_task=20,
             user_text="titles",
             max_ranked_users=100,
@@ -172,6 +174,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             top_k=0,
             top_p=1.0,
             batch_size=8,
+        )
+    )
+    # The paper's experiments on this run (elm_jax/eval/report.py): workdir/report/report.{html,json}.
+    # Table 2 comes from eval/ (job=evaluate, run first if missing); generation and sampling follow c.eval.
+    c.report = ml_collections.ConfigDict(
+        dict(
+            anchor="",  # Figs. 3-4's partner movie, id or title; "": Forrest Gump (1994), else the most-rated test one
+            split="train",  # whose movies and users are interpolated and moved (the paper: training ones)
+            n_movies=8,  # movies per interpolation / CAV point
+            n_users=8,  # user pairs in Fig. 3, users per point in Fig. 5
+            interpolation_tasks=(
+                "summary",
+                "positive_review",
+                "negative_review",
+                "neutral_review",
+                "five_pos_char",
+                "long_description",
+                "pitch",
+            ),
+            sweep_tasks=("five_pos_char", "long_description"),  # Fig. 4's panels
+            alphas=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+            user_alphas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+            movie_concepts=(),  # semantic CAVs for Fig. 4; (): the n_movie_concepts most accurate
+            n_movie_concepts=4,
+            user_concepts=(),  # behavioral CAVs for Fig. 5; (): the n_user_concepts most accurate
+            n_user_concepts=6,
+            min_cav_accuracy=0.75,  # held-out accuracy an automatically picked concept needs
+            n_examples=3,  # example generations per task
+            map_task="summary",
+            map_points=5,  # decoded points along the map's interpolation path
         )
     )
     c.generate = ml_collections.ConfigDict(

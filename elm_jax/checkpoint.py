@@ -122,3 +122,33 @@ def import_adapters(path: str | os.PathLike) -> tuple[dict, tuple[tuple[str, Ada
                 f"its config says ({cfg.input_dim}, {cfg.hidden_dim})"
             )
     return params, adapters
+
+
+def _reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(save_interval_steps=0, read_only=True, create=False),
+    )
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    """The newest finished checkpoint's step in a stage's checkpoint folder (None if there is none)."""
+    if not pathlib.Path(directory).is_dir():
+        return None
+    manager = _reader(directory)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
+def restore_params(directory: str | os.PathLike, step: int, abstract_params: Any) -> Any:
+    """Only the trainable params of a training checkpoint (no optimizer state is read), on the given shardings."""
+    manager = _reader(directory)
+    try:
+        item = {"params": abstract_params}
+        restore = ocp.args.PyTreeRestore(item, ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)
+        args = ocp.args.Composite(state=restore)
+        return manager.restore(step, args=args).state["params"]
+    finally:
+        manager.close()

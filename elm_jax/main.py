@@ -19,6 +19,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for outputs, caches and 
 
 
 def run_generate(config, workdir: pathlib.Path) -> None:
+    import jax
+
     from elm_jax import sharding
     from elm_jax.generate import SamplingConfig, generate_text
     from elm_jax.io_utils import atomic_write_jsonl
@@ -49,6 +51,8 @@ def run_generate(config, workdir: pathlib.Path) -> None:
     )
     logging.info("generated %d completions in %.1fs (compile included)", len(texts), time.perf_counter() - t0)
     rows = [{"prompt": p, "completion": t} for p, t in zip(g.prompts, texts)]
+    if jax.process_index() != 0:  # every process generated the same texts; one writes them
+        return
     out = atomic_write_jsonl(workdir / "generations.jsonl", rows)
     for row in rows:
         print(f"\n>>> {row['prompt']}\n{row['completion']}")
@@ -56,38 +60,24 @@ def run_generate(config, workdir: pathlib.Path) -> None:
 
 
 def run_evaluate(config, workdir: pathlib.Path) -> None:
-    """Consistency evaluation of an ELM on held-out entities (metrics.json, generations.jsonl in workdir/eval).
+    """Consistency evaluation of the ELM trained in workdir (metrics.json, generations.jsonl in workdir/eval).
 
-    Until training lands, the ELM is the configured LLM with freshly initialised adapters: the numbers are
-    then a floor that trained models must beat, and the controls show what the metrics give for no signal.
+    With eval.untrained=True the ELM is the LLM with fresh adapters: a floor that trained models must beat.
     """
     import functools
 
-    import jax
-
-    from elm_jax import sharding
-    from elm_jax.data import sources
+    from elm_jax import sharding, trained
     from elm_jax.data import tasks as tasks_lib
     from elm_jax.encoder import TextEncoder
     from elm_jax.eval import pipeline
     from elm_jax.generate import SamplingConfig, generate_elm_text, generate_text
-    from elm_jax.models.adapter import AdapterConfig
-    from elm_jax.models.elm import ELM, ELMConfig, init_params
-    from elm_jax.weights.pretrained import load_configured_decoder
 
     mesh = sharding.make_mesh(config.mesh)
     encoder = TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
-    catalog, _ = sources.load_catalog(config.data, encoder, workdir / "data", mesh)
-    loaded = load_configured_decoder(config.llm, mesh)
-    spaces = {"semantic": catalog.movies.embeddings["semantic"], "behavioral": catalog.users.embeddings["behavioral"]}
+    elm = trained.load(config, workdir, mesh, encoder=encoder, untrained=config.eval.untrained)
+    catalog, loaded, params = elm.catalog, elm.llm, elm.params
+    print("evaluating", ", ".join(f"{n} (step {s})" for n, s in elm.stages) or "an untrained ELM (eval.untrained)")
     a = config.elm.adapter
-    adapters = tuple(
-        (name, AdapterConfig(m.shape[1], loaded.config.hidden_size, a.hidden_dim, a.activation, a.num_tokens))
-        for name, m in sorted(spaces.items())
-    )
-    elm = ELM(ELMConfig(loaded.config, adapters))
-    params = init_params(elm.config, loaded.params, spaces, jax.random.key(config.seed))
-
     e = config.eval
     registry = tasks_lib.registry(tasks_lib.load_task_file(e.task_file) if e.task_file else ())
     settings = pipeline.EvalSettings(
@@ -104,7 +94,13 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
     )
     sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
     elm_generate = functools.partial(
-        generate_elm_text, elm, params, loaded.tokenizer, sampling=sampling, seed=config.seed, batch_size=e.batch_size
+        generate_elm_text,
+        elm.model,
+        params,
+        loaded.tokenizer,
+        sampling=sampling,
+        seed=config.seed,
+        batch_size=e.batch_size,
     )
     text_generate = functools.partial(
         generate_text,
@@ -151,12 +147,22 @@ def run_query(config, workdir: pathlib.Path) -> None:
     query.run(config, workdir)
 
 
+def run_report(config, workdir: pathlib.Path) -> None:
+    """The paper's Table 2 and Figs. 3-5 on this run (elm_jax/eval/report.py); evaluates first if eval/ is stale."""
+    from elm_jax.eval import report
+
+    if report.needs_evaluation(config, workdir):
+        run_evaluate(config, workdir)
+    print(f"wrote {report.run(config, workdir)}")
+
+
 JOBS = {
     "generate": run_generate,
     "evaluate": run_evaluate,
     "prepare": run_prepare,
     "train": run_train,
     "query": run_query,
+    "report": run_report,
 }
 
 

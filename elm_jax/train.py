@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -32,7 +33,8 @@ from elm_jax import sharding as shd
 from elm_jax.checkpoint import Checkpointer, abstract_like, export_adapters
 from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence
 from elm_jax.lora import LoraConfig, apply_lora, init_lora
-from elm_jax.models.elm import ELM
+from elm_jax.models.adapter import AdapterConfig
+from elm_jax.models.elm import ELM, ELMConfig, init_params
 from elm_jax.optim import OptimConfig, learning_rate, make_optimizer, merge, partition
 from elm_jax.train_log import MetricsWriter, peak_flops_per_device, train_flops_per_token
 from elm_jax.train_step import StepConfig, make_eval_step, make_train_step
@@ -214,8 +216,11 @@ def train_stage(
     finally:
         ckpt.close()
     full = merge(state["params"], frozen)
+    adapters = {k: v for k, v in full.items() if k.startswith("adapters_")}
+    if jax.process_count() > 1:  # every process joins; shards on other hosts are not addressable here
+        adapters = multihost_utils.process_allgather(adapters, tiled=True)
     if jax.process_index() == 0:
-        export_adapters(workdir / "adapters", full, model.config.adapters)
+        export_adapters(workdir / "adapters", adapters, model.config.adapters)
     return apply_lora(full, lora) if lora else full
 
 
@@ -287,6 +292,19 @@ def _vector_scales(data: Batches) -> dict[str, jax.Array]:
     return out
 
 
+def build_elm(config: Any, catalog: Any, tasks: Sequence[Any], llm: Any) -> tuple[ELM, dict]:
+    """The ELM for the embedding spaces `tasks` read, and fresh params (adapters scaled to token embeddings)."""
+    a = config.elm.adapter
+    spaces = {space: task.entity for task in tasks for space in task.spaces.values()}
+    matrices = {space: catalog.table(kind).embeddings[space] for space, kind in sorted(spaces.items())}
+    adapters = tuple(
+        (name, AdapterConfig(m.shape[1], llm.config.hidden_size, a.hidden_dim, a.activation, a.num_tokens))
+        for name, m in matrices.items()
+    )
+    model = ELM(ELMConfig(llm.config, adapters))
+    return model, init_params(model.config, llm.params, matrices, jax.random.key(config.seed))
+
+
 def stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
     """A `config.stage1` / `config.stage2` section -> StageConfig (field names as in configs/default.py)."""
     try:
@@ -327,8 +345,6 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
     from elm_jax.data import prepare
     from elm_jax.data import targets as targets_lib
     from elm_jax.data.train_batches import encode_targets
-    from elm_jax.models.adapter import AdapterConfig
-    from elm_jax.models.elm import ELMConfig, init_params
     from elm_jax.weights.pretrained import load_configured_decoder
 
     unknown = [name for name in config.train.stages if name not in ("stage1", "stage2")]
@@ -336,22 +352,14 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
         raise ValueError(f"train.stages has {unknown[0]!r}; stages are stage1 and stage2")
     stages = [stage_from_config(name, config[name], config.seed) for name in config.train.stages]
     mesh = shd.make_mesh(config.mesh)
-    catalog, tasks = prepare.run(config, workdir, mesh)
+    catalog, tasks = prepare.run_once(config, workdir, mesh)
     registry = {t.name: t for t in tasks}
     targets = {
         s: targets_lib.read_jsonl(workdir / "targets" / f"{s}.jsonl", catalog, registry) for s in ("train", "test")
     }
     loaded = load_configured_decoder(config.llm, mesh)
-
-    a = config.elm.adapter
-    spaces = sorted({(t.entity, space) for t in tasks for space in t.spaces.values()}, key=lambda x: x[1])
-    matrices = {space: catalog.table(kind).embeddings[space] for kind, space in spaces}
-    adapters = tuple(
-        (name, AdapterConfig(m.shape[1], loaded.config.hidden_size, a.hidden_dim, a.activation, a.num_tokens))
-        for name, m in sorted(matrices.items())
-    )
-    model = ELM(ELMConfig(loaded.config, adapters))
-    params = init_params(model.config, loaded.params, matrices, jax.random.key(config.seed))
+    model, params = build_elm(config, catalog, tasks, loaded)
+    adapters = model.config.adapters
 
     t = config.train
     encode = lambda ts: encode_targets(
@@ -360,12 +368,14 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
         ts,
         loaded.tokenizer,
         model.config.space_names,
-        tokens_per_slot=a.num_tokens,
+        tokens_per_slot=model.config.tokens_per_slot,
         chat=config.elm.chat,
         max_len=t.max_len,
     )
     train_seqs = encode(targets["train"])
-    eval_seqs = encode(targets["test"][: t.eval_examples])
+    held_out = targets["test"]  # grouped by task: score an even, seeded subset
+    pick = np.sort(np.random.default_rng(config.seed).permutation(len(held_out))[: t.eval_examples])
+    eval_seqs = encode([held_out[i] for i in pick])
     longest = max(len(s.tokens) for s in train_seqs + eval_seqs)
     spec = BatchSpec(
         global_batch=t.batch_size,

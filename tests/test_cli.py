@@ -94,6 +94,7 @@ def test_evaluate_job_on_the_default_catalogue_with_tiny_models(tiny_checkpoint,
         "--config.eval.max_new_tokens=4",
         "--config.eval.n_resamples=100",
         "--config.elm.adapter.hidden_dim=16",
+        "--config.eval.untrained=True",  # fresh adapters: tests/test_train_job.py evaluates a trained ELM
     ]
     result = subprocess.run(
         [sys.executable, "-m", "elm_jax.main", "--config=configs/default.py:job=evaluate", *args],

@@ -198,3 +198,28 @@ def test_shuffled_control_and_adapter_export_round_trip(tiny, tmp_path):
     (path / "adapters.json").write_text("{")
     with pytest.raises(ValueError, match="adapters.json"):
         import_adapters(path)
+
+
+def test_restore_stages_rebuilds_the_trained_elm_from_its_checkpoints(tiny, tmp_path):
+    import ml_collections
+
+    from configs.default import stage_config
+    from elm_jax.train import stage_from_config
+    from elm_jax.trained import restore_stages
+
+    model, params, sequences = tiny
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    config = ml_collections.ConfigDict({"seed": 0, "train": {"stages": ("stage1", "stage2")}})
+    config.stage1 = stage_config(steps=3, warmup_steps=1, save_every=2)
+    config.stage2 = stage_config(steps=2, warmup_steps=1, trainable=STAGE1, lora={"rank": 2})
+    data = Batches(sequences, _spec(), 0, seed=0)
+    out = params
+    for name in ("stage1", "stage2"):
+        out = train_stage(model, out, stage_from_config(name, config[name], 0), data, mesh, tmp_path)
+    restored, done = restore_stages(model, params, config, tmp_path, mesh)
+    assert done == [("stage1", 3), ("stage2", 2)]
+    a, b = _flat(out), _flat(restored)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    config.stage2.steps = 5
+    with pytest.raises(ValueError, match="stage2 has a checkpoint at step 2, not its final step 5"):
+        restore_stages(model, params, config, tmp_path, mesh)

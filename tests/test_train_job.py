@@ -68,6 +68,20 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
         assert [name for name, _ in adapters] == ["behavioral", "semantic"]
     assert "compiled: per device" in first.stderr  # the memory analysis comes before the first step
 
+    evaluated = _train(
+        *args,
+        "--config.job=evaluate",
+        "--config.eval.tasks=('summary','user_profile')",
+        "--config.eval.max_examples_per_task=2",
+        "--config.eval.max_new_tokens=3",
+        "--config.eval.n_resamples=50",
+        "--config.eval.conditions=('elm','zero')",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+    assert "evaluating stage1 (step 3), stage2 (step 2)" in evaluated.stdout
+    report = json.loads((work / "eval" / "metrics.json").read_text())
+    assert set(report["tasks"]) == {"summary", "user_profile"}
+
     second = _train(*args)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "stage1: already finished (step 3)" in second.stderr

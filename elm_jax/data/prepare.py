@@ -285,16 +285,18 @@ def export(catalog: Catalog, path: pathlib.Path) -> bool:
     return True
 
 
-def run(config: Any, workdir: pathlib.Path, mesh=None) -> tuple[Catalog, list[Task]]:
+def run(config: Any, workdir: pathlib.Path, mesh=None, encoder=None) -> tuple[Catalog, list[Task]]:
     """The catalogue of any source, then its targets and CAVs under `workdir` (see the module doc).
 
-    Returns the catalogue and the selected tasks, for the jobs (training) that run `prepare` first.
+    Returns the catalogue and the selected tasks, for the jobs (training, evaluation) that run `prepare` first;
+    they pass their mesh and text encoder so neither is built twice.
     """
     from elm_jax import sharding
     from elm_jax.encoder import TextEncoder
 
     mesh = mesh or sharding.make_mesh(config.mesh)
-    encoder = None if config.data.source == "folder" else TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
+    if encoder is None and config.data.source != "folder":
+        encoder = TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
     catalog, raw = sources.load_catalog(config.data, encoder, workdir / "data", mesh)
     if config.prepare.export:  # before the slow steps, so a clash with an existing folder fails fast
         written = export(catalog, pathlib.Path(config.prepare.export))
@@ -318,3 +320,18 @@ def run(config: Any, workdir: pathlib.Path, mesh=None) -> tuple[Catalog, list[Ta
         accuracy = "-" if report["mean_accuracy"] is None else f"{report['mean_accuracy']:.3f}"
         print(f"cavs {space} ({done(cav_step)}): {len(report['concepts'])} concepts, mean held-out accuracy {accuracy}")
     return catalog, tasks
+
+
+def run_once(config: Any, workdir: pathlib.Path, mesh=None, encoder=None) -> tuple[Catalog, list[Task]]:
+    """`run` for multi-process jobs sharing a workdir: process 0 writes, the others then read what it wrote."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return run(config, workdir, mesh, encoder)
+    if jax.process_index() == 0:
+        out = run(config, workdir, mesh, encoder)
+    multihost_utils.sync_global_devices("elm_jax prepare")
+    if jax.process_index() != 0:
+        out = run(config, workdir, mesh, encoder)  # finds every output in place: reads, writes nothing
+    return out
