@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "jinja2>=3.1",
     "tqdm>=4.66",
     "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
+    "matplotlib==3.11.2",  # the report job's figures (Agg backend, no display needed)
 ]
 
 

@@ -1,0 +1,133 @@
+"""The `report` job end to end on tiny models and a tiny default catalogue: every section, and JSON == HTML."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from elm_jax.eval import report, report_render
+from tests import fixtures
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTIONS = ("Table 2", "Fig. 3", "Fig. 4", "Fig. 5", "Example generations", "Map")
+
+
+def _job(job: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "elm_jax.main", f"--config=configs/default.py:job={job}", *args],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _estimates(node):
+    """Every {"mean", "ci_low", "ci_high"} dict in a JSON tree."""
+    if isinstance(node, dict):
+        if {"mean", "ci_low", "ci_high"} <= set(node):
+            yield node
+        else:
+            for v in node.values():
+                yield from _estimates(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _estimates(v)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    llm = fixtures.write_hf_checkpoint(root / "llm", "llama", vocab=300)
+    encoder = fixtures.write_bert_checkpoint(root / "encoder")
+    work = root / "run"
+    args = [
+        f"--workdir={work}",
+        f"--config.llm.checkpoint={llm}",
+        f"--config.encoder.checkpoint={encoder}",
+        "--config.data.synthetic.n_movies=120",
+        "--config.data.synthetic.n_users=80",
+        "--config.data.catalog.wals.rank=8",
+        "--config.data.catalog.wals.iterations=3",
+        "--config.targets.tasks=('summary','five_pos_char','user_profile')",
+        "--config.elm.adapter.hidden_dim=16",
+        "--config.eval.untrained=True",  # fresh adapters: the structure, not the quality, is under test
+        "--config.eval.tasks=('summary','user_profile')",
+        "--config.eval.conditions=('elm','text')",
+        "--config.eval.max_examples_per_task=3",
+        "--config.eval.max_new_tokens=3",
+        "--config.eval.n_resamples=50",
+        "--config.report.n_movies=2",
+        "--config.report.n_users=2",
+        "--config.report.interpolation_tasks=('summary','pitch')",  # pitch is not trained: listed as left out
+        "--config.report.sweep_tasks=('five_pos_char',)",
+        "--config.report.alphas=(0.25,0.75)",
+        "--config.report.user_alphas=(0.0,0.5)",
+        "--config.report.min_cav_accuracy=0.0",
+        "--config.report.n_movie_concepts=1",
+        "--config.report.n_user_concepts=2",
+        "--config.report.n_examples=2",
+        "--config.report.map_points=3",
+    ]
+    result = _job("report", *args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return work, args, result
+
+
+def test_report_has_every_section_self_contained(reported):
+    work, _, result = reported
+    assert (work / "eval" / "metrics.json").is_file()  # evaluated first: eval/ was missing
+    page = (work / "report" / "report.html").read_text()
+    data = json.loads((work / "report" / "report.json").read_text())
+    assert f"wrote {work / 'report' / 'report.html'}" in result.stdout
+    for section in SECTIONS:
+        assert f"<h2>{section}" in page, section
+    assert page.count('src="data:image/png;base64,') == 5  # Table 2, Figs. 3-5, the map
+    assert not re.search(r'(src|href)="(http|file|/)', page)  # nothing outside the page
+    assert "untrained" in page
+    assert set(data["table2"]["tasks"]) == {"summary", "user_profile"}
+    assert set(data["fig3"]["tasks"]) == {"summary", "user_profile"} and data["fig3"]["not_trained"] == ["pitch"]
+    assert list(data["fig4"]["tasks"]["five_pos_char"])[0] == "interpolation"
+    assert len(data["fig4"]["tasks"]["five_pos_char"]) == 2  # interpolation + one CAV
+    assert all({"accuracy", "gap"} <= set(v) for v in data["fig4"]["concepts"].values())
+    assert len(data["fig5"]["lines"]) == 2 and all(len(v) == 2 for v in data["fig5"]["lines"].values())
+    assert {"random", "ground_truth"} <= set(data["fig5"])
+    assert [p["alpha"] for p in data["map"]["path"]] == [0.0, 0.5, 1.0]
+    assert set(data["examples"]) == {"summary", "user_profile"}
+    assert all(len(v) == 2 for v in data["examples"].values())
+
+
+def test_html_shows_the_numbers_of_the_json(reported):
+    work, _, _ = reported
+    page = (work / "report" / "report.html").read_text()
+    data = json.loads((work / "report" / "report.json").read_text())
+    estimates = list(_estimates(data))
+    assert len(estimates) > 20
+    for e in estimates:
+        assert report_render.fmt(e) in page
+    for name, paper in data["table2"]["paper"].items():
+        assert f"{paper['sc']:.2f}" in page and name in page
+    for example in data["fig3"]["examples"]:
+        assert f"{example.get('elm_sc', example.get('elm_bc')):.3f}" in page
+
+
+def test_a_rerun_reuses_eval_and_generations(reported):
+    work, args, _ = reported
+    stamp = (work / "eval" / "metrics.json").stat().st_mtime
+    chunks = sorted((work / "report" / "generations").rglob("*.json"))
+    before = {p: p.stat().st_mtime for p in chunks}
+    again = _job("report", *args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert (work / "eval" / "metrics.json").stat().st_mtime == stamp
+    assert {p: p.stat().st_mtime for p in chunks} == before
+
+
+def test_bad_report_settings_are_named():
+    with pytest.raises(ValueError, match="report.split"):
+        report.ReportSettings(split="validation")
+    with pytest.raises(ValueError, match="report.map_points"):
+        report.ReportSettings(map_points=1)
