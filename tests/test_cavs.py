@@ -49,3 +49,13 @@ def test_learn_cavs_skips_rare_concepts_and_rejects_degenerate_ones():
     assert set(learned) == {"funny"}
     with pytest.raises(ValueError, match="'rare': 3 tagged"):
         cavs.learn_cav(x, [1, 2, 3], "rare", "semantic")
+
+
+def test_near_constant_dimensions_do_not_hijack_the_direction():
+    # Unit-norm text-encoder spaces have dimensions that barely vary; the CAV must still point where items vary.
+    x, tagged, true = _planted()
+    x = np.concatenate([x, 1e-6 * np.random.default_rng(2).standard_normal((len(x), 4)).astype(np.float32)], axis=1)
+    cav = cavs.learn_cav(x, tagged, "funny", "semantic")
+    assert cav.direction[:16] @ true > 0.9
+    projected = x @ cav.direction
+    assert cav.gap > 0.5 * (projected[tagged].mean() - np.delete(projected, tagged).mean())

@@ -77,13 +77,14 @@ def learn_cav(
     rows, labels = rows[order], labels[order]
     n_test = max(2, int(round(test_fraction * len(rows))))
     x = embeddings[rows].astype(np.float64)
-    mean, std = x[n_test:].mean(0), x[n_test:].std(0) + 1e-8  # standardise on training rows only
-    w, b = _fit_logistic((x[n_test:] - mean) / std, labels[n_test:], l2)
-    predictions = ((x[:n_test] - mean) / std @ w + b) > 0
+    # Centre and scale by one number (training rows only): per-dimension standardising would let the L2 penalty
+    # favour near-constant dimensions, and the CAV would point where the items do not vary (a gap of ~1e-6).
+    mean, scale = x[n_test:].mean(0), x[n_test:].std() + 1e-12
+    w, b = _fit_logistic((x[n_test:] - mean) / scale, labels[n_test:], l2)
+    predictions = ((x[:n_test] - mean) / scale @ w + b) > 0
     test_labels = labels[:n_test].astype(bool)
     accuracy = 0.5 * (np.mean(predictions[test_labels]) + np.mean(~predictions[~test_labels]))
-    direction = w / std  # back to the raw embedding coordinates
-    direction /= np.linalg.norm(direction)
+    direction = w / np.linalg.norm(w)
     proj = x[n_test:] @ direction
     train_labels = labels[n_test:].astype(bool)
     gap = float(proj[train_labels].mean() - proj[~train_labels].mean())

@@ -34,7 +34,7 @@ from elm_jax.data.targets import Target
 from elm_jax.data.tasks import Task
 from elm_jax.io_utils import atomic_write_json
 
-_VERSION = 1  # bump when the outputs of the same inputs change
+_VERSION = 2  # bump when the outputs of the same inputs change (2: CAVs keep the space's geometry)
 TARGET_SOURCES = ("metadata", "teacher", "file")
 MakeTargets = Callable[[str], list[Target]]  # split -> targets of that side
 
