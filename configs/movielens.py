@@ -23,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.path = ml_collections.config_dict.placeholder(str)  # ml-25m.zip or its extracted folder: required
     c.data.catalog.wals = dict(rank=64, l2=50.0, alpha=10.0, iterations=15)
     c.targets.source = args.targets  # teacher (paper §3.1) | file; metadata exists only for the default
+    c.targets.tasks = c.eval.tasks = ("movie", "user")  # the paper's 24 movie tasks and the user profile
     c.targets.per_task = None  # every training entity
     c.targets.test_per_task = 200
     c.llm.dtype = "bfloat16"

@@ -156,6 +156,13 @@ def run_report(config, workdir: pathlib.Path) -> None:
     print(f"wrote {report.run(config, workdir)}")
 
 
+def run_main(config, workdir: pathlib.Path) -> None:
+    """The whole pipeline: prepare -> stage 1 -> stage 2 -> evaluate -> report. A second run reuses every finished
+    part (prepared data, finished stages, evaluated chunks), and an interrupted one resumes where it stopped."""
+    run_train(config, workdir)
+    run_report(config, workdir)
+
+
 JOBS = {
     "generate": run_generate,
     "evaluate": run_evaluate,
@@ -163,6 +170,7 @@ JOBS = {
     "train": run_train,
     "query": run_query,
     "report": run_report,
+    "main": run_main,
 }
 
 

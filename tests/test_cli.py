@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(*args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [sys.executable, "-m", "elm_jax.main", "--config=configs/default.py", *args],
+        [sys.executable, "-m", "elm_jax.main", "--config=configs/default.py:job=generate", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
