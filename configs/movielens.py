@@ -38,4 +38,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.stage2.weight_decay = 0.01
     c.eval.max_examples_per_task = 200
+    c.report.interpolation_tasks = (  # the paper's Fig. 3 and Fig. 4 tasks and sweeps
+        "summary",
+        "positive_review",
+        "negative_review",
+        "neutral_review",
+        "five_pos_char",
+        "long_description",
+        "pitch",
+    )
+    c.report.sweep_tasks = ("five_pos_char", "long_description")
+    c.report.alphas = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    c.report.user_alphas = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    c.report.n_movie_concepts, c.report.n_user_concepts = 4, 12
+    c.report.n_movies = c.report.n_users = 32
     return c
