@@ -69,7 +69,9 @@ def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids
     def run(params, embeddings: Array, mask: Array, rng: Array) -> tuple[Array, Array]:
         b, t = mask.shape
         variables = {"params": params}
-        cache = init_cache(config, b, t + n_new)
+        # The barrier keeps the empty cache from being a compile-time constant: XLA would otherwise spend minutes
+        # constant-folding the prefill's scores against it for long prompts.
+        cache = jax.lax.optimization_barrier(init_cache(config, b, t + n_new))
         logits, cache = model.apply(variables, embeddings=embeddings, mask=mask, cache=cache)
         next_pos = jnp.sum(mask.astype(jnp.int32), axis=1)
         rng, key = jax.random.split(rng)
