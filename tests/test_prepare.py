@@ -43,6 +43,7 @@ def test_prepare_job_on_the_default_catalogue_then_a_second_run_reuses_everythin
         "--config.data.synthetic.n_users=80",
         "--config.data.catalog.wals.rank=8",
         "--config.data.catalog.wals.iterations=3",
+        "--config.targets.tasks=('movie','user')",  # all 25 tasks (the default trains five)
         "--config.targets.per_task=3",
         "--config.targets.test_per_task=2",
         f"--config.prepare.export={export}",

@@ -92,6 +92,6 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
 def test_train_job_rejects_bad_stages_before_doing_any_work(tmp_path):
     result = _train(f"--workdir={tmp_path}", "--config.train.stages=('stage3',)")
     assert result.returncode == 2 and "stage3" in result.stderr
-    result = _train(f"--workdir={tmp_path}", "--config.stage1.steps=5")
-    assert result.returncode == 2 and "config.stage1: optimizer" in result.stderr and "warmup_steps=20" in result.stderr
+    result = _train(f"--workdir={tmp_path}", "--config.stage1.steps=5", "--config.stage1.warmup_steps=7")
+    assert result.returncode == 2 and "config.stage1: optimizer" in result.stderr and "warmup_steps=7" in result.stderr
     assert not any(tmp_path.iterdir())
