@@ -9,6 +9,7 @@ users tagged with a concept ("funny"), which is what concept activation vectors 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,11 @@ class EntityTable:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @functools.cached_property
+    def row_of(self) -> dict[str, int]:
+        """Id (as a string, the form target files use) -> row, built once: per-target lookups must not be O(N)."""
+        return {str(v): i for i, v in enumerate(self.ids.tolist())}
 
     def index(self, ids: Sequence) -> np.ndarray:
         """Row indices of `ids`; raises naming the first unknown id."""

@@ -38,8 +38,7 @@ def to_target(catalog: Catalog, task: Task, example: Example, text: str) -> Targ
 
 
 def to_example(catalog: Catalog, task: Task, target: Target) -> Example:
-    table = catalog.table(task.entity)
-    lookup = {str(v): i for i, v in enumerate(table.ids.tolist())}
+    lookup = catalog.table(task.entity).row_of
     missing = [e for e in target.entities if e not in lookup]
     if missing:
         raise ValueError(f"task {task.name!r}: unknown {task.entity} id {missing[0]!r}")
