@@ -473,3 +473,20 @@ def _write_wordpiece_tokenizer(out: pathlib.Path, vocab: int) -> None:
         mask_token="[MASK]",
     )
     fast.save_pretrained(out)
+
+
+def tiny_run(root: str | pathlib.Path) -> tuple[pathlib.Path, list[str]]:
+    """(workdir, CLI arguments) for a job on a tiny LLM, a tiny encoder and a tiny default catalogue."""
+    root = pathlib.Path(root)
+    llm = write_hf_checkpoint(root / "llm", "llama", vocab=300)
+    encoder = write_bert_checkpoint(root / "encoder")
+    work = root / "run"
+    return work, [
+        f"--workdir={work}",
+        f"--config.llm.checkpoint={llm}",
+        f"--config.encoder.checkpoint={encoder}",
+        "--config.data.synthetic.n_movies=120",
+        "--config.data.synthetic.n_users=80",
+        "--config.data.catalog.wals.rank=8",
+        "--config.data.catalog.wals.iterations=3",
+    ]

@@ -267,17 +267,8 @@ def _query(*args: str) -> subprocess.CompletedProcess:
 
 def test_query_job_moves_a_user_along_a_cav_and_writes_jsonl(tmp_path):
     """The CLI on a prepared tiny workdir with fresh adapters (query.untrained): the job's wiring, not training."""
-    llm = fixtures.write_hf_checkpoint(tmp_path / "llm", "llama", vocab=300)
-    encoder = fixtures.write_bert_checkpoint(tmp_path / "encoder")
-    work = tmp_path / "run"
-    args = [
-        f"--workdir={work}",
-        f"--config.llm.checkpoint={llm}",
-        f"--config.encoder.checkpoint={encoder}",
-        "--config.data.synthetic.n_movies=120",
-        "--config.data.synthetic.n_users=80",
-        "--config.data.catalog.wals.rank=8",
-        "--config.data.catalog.wals.iterations=3",
+    work, args = fixtures.tiny_run(tmp_path)
+    args += [
         "--config.targets.tasks=('summary','user_profile')",
         "--config.targets.per_task=2",
         "--config.targets.test_per_task=1",

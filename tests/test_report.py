@@ -42,17 +42,8 @@ def _estimates(node):
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    llm = fixtures.write_hf_checkpoint(root / "llm", "llama", vocab=300)
-    encoder = fixtures.write_bert_checkpoint(root / "encoder")
-    work = root / "run"
-    args = [
-        f"--workdir={work}",
-        f"--config.llm.checkpoint={llm}",
-        f"--config.encoder.checkpoint={encoder}",
-        "--config.data.synthetic.n_movies=120",
-        "--config.data.synthetic.n_users=80",
-        "--config.data.catalog.wals.rank=8",
-        "--config.data.catalog.wals.iterations=3",
+    work, args = fixtures.tiny_run(root)
+    args += [
         "--config.targets.tasks=('summary','five_pos_char','user_profile')",
         "--config.elm.adapter.hidden_dim=16",
         "--config.eval.untrained=True",  # fresh adapters: the structure, not the quality, is under test

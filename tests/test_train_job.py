@@ -29,17 +29,8 @@ def _rows(path):
 
 
 def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
-    llm = fixtures.write_hf_checkpoint(tmp_path / "llm", "llama", vocab=300)
-    encoder = fixtures.write_bert_checkpoint(tmp_path / "encoder")
-    work = tmp_path / "run"
-    args = [
-        f"--workdir={work}",
-        f"--config.llm.checkpoint={llm}",
-        f"--config.encoder.checkpoint={encoder}",
-        "--config.data.synthetic.n_movies=120",
-        "--config.data.synthetic.n_users=80",
-        "--config.data.catalog.wals.rank=8",
-        "--config.data.catalog.wals.iterations=3",
+    work, args = fixtures.tiny_run(tmp_path)
+    args += [
         "--config.targets.tasks=('summary','similarities','user_profile')",
         "--config.targets.per_task=4",
         "--config.targets.test_per_task=2",
