@@ -8,7 +8,7 @@ import pytest
 
 from elm_jax import generate as gen
 from elm_jax.data.prompts import Query, encode_prompt
-from elm_jax.models.adapter import Adapter, AdapterConfig, rescale_output
+from elm_jax.models.adapter import Adapter, AdapterConfig, rescale_output, standardize_inputs
 from elm_jax.models.decoder import Decoder
 from elm_jax.models.decoder_config import DecoderConfig
 from elm_jax.models.elm import ELM, ELMConfig
@@ -113,6 +113,24 @@ def test_rescale_output_matches_the_target_norm():
     out = Adapter(config).apply({"params": scaled}, x)
     assert out.shape == (64, 3, 12)
     np.testing.assert_allclose(jnp.mean(jnp.linalg.norm(out, axis=-1)), 0.7, rtol=1e-5)
+
+
+def test_standardized_inputs_make_the_adapter_blind_to_a_common_offset_and_scale():
+    """A space whose vectors share a big common component maps like its standardized version; stats get no gradient."""
+    config = AdapterConfig(input_dim=6, output_dim=12, hidden_dim=8)
+    x = jax.random.normal(jax.random.key(1), (64, 6))
+    shifted = 0.05 * x + jnp.linspace(1.0, 3.0, 6)  # small spread around a large shared mean, like sentence vectors
+    params = nn.unbox(Adapter(config).init(jax.random.key(0), x)["params"])
+    a, b = standardize_inputs(params, x), standardize_inputs(params, shifted)
+    np.testing.assert_allclose(
+        Adapter(config).apply({"params": b}, shifted), Adapter(config).apply({"params": a}, x), atol=1e-4
+    )
+    np.testing.assert_allclose(b["input_std"], 0.05 * jnp.std(x, axis=0), rtol=1e-4)
+    grads = jax.grad(lambda p: jnp.sum(Adapter(config).apply({"params": p}, shifted) ** 2))(b)
+    assert not jnp.any(grads["input_mean"]) and not jnp.any(grads["input_std"])
+    assert jnp.any(grads["fc1"]["kernel"])
+    constant = standardize_inputs(params, jnp.ones((8, 6)).at[:, 0].set(jnp.arange(8.0)))
+    assert jnp.all(constant["input_std"][1:] > 0)  # a dimension that never varies gets the floor, not 0
 
 
 def test_config_validation():
