@@ -167,8 +167,18 @@ def torch_step(path: pathlib.Path, adapter: dict, train_llm: bool, host: dict) -
     tokens = torch.from_numpy(host["tokens"][0]).long()
     soft_index = torch.from_numpy(host["soft_index"][0]).long()
     mask = torch.from_numpy(host["mask"][0]).long()
-    labels = torch.where(torch.from_numpy(host["loss_mask"][0]) > 0, tokens, -100)  # HF shifts them itself
-    vectors = torch.from_numpy(host["vectors"][SPACE][0])
+    # Labels for the positions holding a target token (HF shifts them itself). Like elm_jax, torch computes
+    # logits only where a loss is taken: the last `keep` positions (transformers' `logits_to_keep`), whose
+    # first label is a prompt token (-100) so that the first target token is still predicted.
+    index = torch.from_numpy(host["target_index"][0]).long()
+    labels = torch.full_like(tokens, -100)
+    rows = torch.arange(len(tokens))[:, None].expand_as(index)
+    labels[rows[index >= 0], index[index >= 0] + 1] = tokens[rows[index >= 0], index[index >= 0] + 1]
+    keep = int(tokens.shape[1] - (labels[0] != -100).nonzero().min()) + 1  # every row has the same window here
+    labels = labels[:, -keep:]
+    # The adapter's fixed input standardization, as elm_jax applies it before fc1.
+    mean, std = (torch.tensor(np.asarray(adapter[k])) for k in ("input_mean", "input_std"))
+    vectors = (torch.from_numpy(host["vectors"][SPACE][0]) - mean) / std
 
     def step() -> tuple[float, float]:
         opt.zero_grad(set_to_none=True)
@@ -176,7 +186,7 @@ def torch_step(path: pathlib.Path, adapter: dict, train_llm: bool, host: dict) -
         text = llm.get_input_embeddings()(tokens)
         picked = torch.gather(soft, 1, soft_index.clamp(min=0)[..., None].expand_as(text))
         embeds = torch.where((soft_index >= 0)[..., None], picked, text)
-        loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, logits_to_keep=keep).loss
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(trainable, OPTIM["grad_clip"])
         opt.step()
@@ -235,7 +245,7 @@ def main() -> None:
     loaded = load_decoder(CHECKPOINT, mesh, scan_layers=bool(args.scan_layers), remat_policy=args.remat)
     adapter_cfg = AdapterConfig(INPUT_DIM, loaded.config.hidden_size, HIDDEN_DIM)
     model = ELM(ELMConfig(loaded.config, ((SPACE, adapter_cfg),)))
-    spec = BatchSpec(args.batch, args.seq, ((SPACE, INPUT_DIM),), max_slots=1)
+    spec = BatchSpec(args.batch, args.seq, ((SPACE, INPUT_DIM),), max_slots=1, target_len=args.target)
     host = make_batch(loaded.tokenizer, spec, args.target)
     params = init_params(model.config, loaded.params, {SPACE: host["vectors"][SPACE][0, :, 0]}, jax.random.key(0))
     adapter = jax.device_get(params[f"adapters_{SPACE}"])

@@ -48,6 +48,7 @@ def stage_config(**fields) -> ml_collections.ConfigDict:
             end_fraction=0.1,
             weight_decay=0.0,
             grad_clip=1.0,
+            lr_multipliers=(),  # ((regex, factor), ...) over parameter paths, first match wins
             vector_noise=0.0,  # Gaussian noise on adapter inputs, in per-dimension stds of the training vectors
             lora=dict(rank=0, alpha=16.0, targets=r"llm/layers.*/(attn/(q|k|v|o)|mlp/(gate|up|down))_kernel"),
             log_every=10,

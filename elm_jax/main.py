@@ -186,6 +186,11 @@ def main(argv) -> None:
         raise app.UsageError(f"config.job={config.job!r} is unknown; known: {', '.join(JOBS)}")
     workdir = pathlib.Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Orbax (absl logger) writes ~20 INFO lines per checkpoint and jax notes absent backends: keep the
+        # console to the job's own progress. --verbosity=1 (DEBUG) shows everything.
+        for name in ("absl", "jax"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         distributed.maybe_initialize()
         JOBS[config.job](config, workdir)

@@ -53,6 +53,9 @@ class OptimConfig:
     b2: float = 0.999
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # global norm; 0 disables
+    # (regex, factor) pairs over parameter paths, first match wins, others 1: e.g. a fresh adapter learning
+    # faster than the pretrained LLM it is fine-tuned with, (("adapters_.*", 20.0),).
+    lr_multipliers: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         if self.learning_rate <= 0 or self.steps < 1 or not 0 <= self.warmup_steps <= self.steps:
@@ -61,6 +64,10 @@ class OptimConfig:
             )
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optimizer schedule {self.schedule!r} is not one of cosine, constant")
+        for rule in self.lr_multipliers:
+            if len(rule) != 2 or not isinstance(rule[0], str) or not float(rule[1]) > 0:
+                raise ValueError(f"lr_multipliers: each rule is (regex, factor > 0), got {rule!r}")
+            re.compile(rule[0])
 
 
 def learning_rate(cfg: OptimConfig) -> optax.Schedule:
@@ -78,7 +85,25 @@ def _decay_mask(params: Any) -> Any:
     return traverse_util.unflatten_dict({k: v.ndim >= 2 for k, v in _flat(params).items()}, sep=SEP)
 
 
+def _scale_by_rules(rules: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by the factor of the first rule whose regex fullmatches its path."""
+    compiled = [(re.compile(pattern), float(factor)) for pattern, factor in rules]
+
+    def factor(path: str) -> float:
+        return next((f for pattern, f in compiled if pattern.fullmatch(path)), 1.0)
+
+    def scale(updates: Any, params: Any = None) -> Any:
+        del params
+        flat = {k: v * factor(k) for k, v in _flat(updates).items()}
+        return traverse_util.unflatten_dict(flat, sep=SEP)
+
+    return optax.stateless(scale)
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """AdamW with warmup + cosine (or constant) schedule and global-norm clipping."""
-    adam = optax.adamw(learning_rate(cfg), cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam) if cfg.grad_clip else adam
+    """AdamW with warmup + cosine (or constant) schedule, global-norm clipping and per-path lr multipliers."""
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    parts.append(optax.adamw(learning_rate(cfg), cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask))
+    if cfg.lr_multipliers:
+        parts.append(_scale_by_rules(cfg.lr_multipliers))
+    return optax.chain(*parts) if len(parts) > 1 else parts[0]

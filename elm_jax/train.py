@@ -92,7 +92,7 @@ def batch_shardings(spec: BatchSpec, mesh: Mesh, rules: Rules) -> dict:
         "tokens": sh(3),
         "soft_index": sh(3),
         "mask": sh(3),
-        "loss_mask": sh(3),
+        "target_index": sh(3),
         "slot_space": sh(3),
         "vectors": {name: sh(4) for name, _ in spec.space_dims},
     }
@@ -114,7 +114,7 @@ def _abstract_batch(spec: BatchSpec, shardings: dict) -> dict:
         "tokens": ((a, b, t), jnp.int32),
         "soft_index": ((a, b, t), jnp.int32),
         "mask": ((a, b, t), jnp.bool_),
-        "loss_mask": ((a, b, t), jnp.float32),
+        "target_index": ((a, b, spec.target_window), jnp.int32),
         "slot_space": ((a, b, spec.max_slots), jnp.int32),
         "vectors": {name: ((a, b, spec.max_slots, d), jnp.float32) for name, d in spec.space_dims},
     }
@@ -323,6 +323,7 @@ def _stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
         end_fraction=c.end_fraction,
         weight_decay=c.weight_decay,
         grad_clip=c.grad_clip,
+        lr_multipliers=tuple((str(pattern), float(factor)) for pattern, factor in c.lr_multipliers),
     )
     trainable = c.trainable if lora is None else rf"(?:{c.trainable})|lora/.*"
     return StageConfig(
@@ -377,12 +378,14 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
     pick = np.sort(np.random.default_rng(config.seed).permutation(len(held_out))[: t.eval_examples])
     eval_seqs = encode([held_out[i] for i in pick])
     longest = max(len(s.tokens) for s in train_seqs + eval_seqs)
+    seq_len = min(-(-longest // 16) * 16, t.max_len)
     spec = BatchSpec(
         global_batch=t.batch_size,
-        seq_len=min(-(-longest // 16) * 16, t.max_len),
+        seq_len=seq_len,
         space_dims=tuple((name, cfg.input_dim) for name, cfg in adapters),
         max_slots=max(len(s.spaces) for s in train_seqs),
         accum_steps=t.accum_steps,
+        target_len=min(-(-max(len(s.tokens) - s.target_start for s in train_seqs + eval_seqs) // 8) * 8, seq_len - 1),
     )
     logging.info(
         "training on %d sequences (%d held out for eval loss), %d tokens each, batch %d",

@@ -1,21 +1,24 @@
 """The trainer's invariants on a tiny random model: freezing, sharding, resumption, LoRA, accumulation, export."""
 
+import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
 from elm_jax import sharding as shd
 from elm_jax.checkpoint import export_adapters, import_adapters
-from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence, example_indices, host_rows
+from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence, collate, example_indices, host_rows
 from elm_jax.lora import LoraConfig, apply_lora
 from elm_jax.models.adapter import AdapterConfig
 from elm_jax.models.elm import ELM, ELMConfig, init_params
 from elm_jax.optim import OptimConfig, make_optimizer, partition
 from elm_jax.train import StageConfig, add_lora, shuffled_vectors, train_stage
-from elm_jax.train_step import StepConfig
+from elm_jax.train_step import StepConfig, token_losses
 from elm_jax.weights import hf
 from tests import fixtures
 
@@ -76,6 +79,42 @@ def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
     assert sorted(rows.tolist()) == list(range(8))
     with pytest.raises(ValueError, match="not divisible by 3 processes"):
         host_rows(spec, 0, 3)
+
+
+def test_loss_on_the_target_window_equals_the_loss_over_all_logits(tiny):
+    """The LM head runs only at target positions; loss, count and accuracy match a full-logits computation."""
+    model, params, sequences = tiny
+    rows = [sequences[0], None, dataclasses.replace(sequences[1], target_start=3)]  # an empty row, a longer target
+    windowed = collate(rows, BatchSpec(3, 12, (("semantic", 4),), 1, target_len=6), pad_id=0)
+    full = collate(rows, BatchSpec(3, 12, (("semantic", 4),), 1), pad_id=0)
+    assert windowed["target_index"].shape == (1, 3, 6) and full["target_index"].shape == (1, 3, 11)
+    one = lambda b: jax.tree.map(lambda x: jnp.asarray(x[0]), b)
+    got = [token_losses(model, params, one(b)) for b in (windowed, full)]
+    b = one(full)
+    logits, _ = model.apply({"params": params}, b["tokens"], b["soft_index"], b["vectors"], b["slot_space"], b["mask"])
+    weights = np.zeros((3, 11), np.float32)
+    weights[0, 4:8], weights[2, 2:8] = 1.0, 1.0  # targets: tokens 5..8 of row 0, 3..8 of row 2 (the end token)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], b["tokens"][:, 1:])
+    right = jnp.argmax(logits[:, :-1], -1) == b["tokens"][:, 1:]
+    want = (jnp.sum(ce * weights), 10.0, jnp.sum(right * weights))
+    for total, count, correct in got:
+        np.testing.assert_allclose([total, count, correct], want, rtol=1e-5)
+    with pytest.raises(ValueError, match="6 target tokens; target_len=5"):
+        collate(rows, BatchSpec(3, 12, (("semantic", 4),), 1, target_len=5), pad_id=0)
+
+
+def test_lr_multipliers_scale_the_update_of_matching_paths():
+    params = {"adapters_semantic": {"w": jnp.ones((2, 2))}, "llm": {"w": jnp.ones((2, 2))}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates = {}
+    for rules in ((), (("adapters_.*", 10.0),)):
+        tx = make_optimizer(OptimConfig(learning_rate=1e-3, steps=10, schedule="constant", lr_multipliers=rules))
+        updates[rules] = tx.update(grads, tx.init(params), params)[0]
+    plain, scaled = updates[()], updates[(("adapters_.*", 10.0),)]
+    np.testing.assert_allclose(scaled["adapters_semantic"]["w"], 10 * plain["adapters_semantic"]["w"], rtol=1e-6)
+    np.testing.assert_array_equal(scaled["llm"]["w"], plain["llm"]["w"])
+    with pytest.raises(ValueError, match="lr_multipliers"):
+        OptimConfig(learning_rate=1e-3, steps=10, lr_multipliers=(("x", 0.0),))
 
 
 def test_stage1_trains_adapters_and_leaves_every_llm_weight_bit_identical(tiny, tmp_path):

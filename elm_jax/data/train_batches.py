@@ -90,10 +90,19 @@ class BatchSpec:
     space_dims: tuple[tuple[str, int], ...]  # (space name, dim), in the ELM's space order
     max_slots: int
     accum_steps: int = 1
+    # The most target tokens in any row. The LM head (vocab-wide logits) runs on this many positions per row
+    # instead of all seq_len: prompts and padding need no logits. None: seq_len - 1.
+    target_len: int | None = None
 
     def __post_init__(self):
         if self.global_batch % self.accum_steps:
             raise ValueError(f"global_batch={self.global_batch} is not a multiple of accum_steps={self.accum_steps}")
+        if self.target_len is not None and not 1 <= self.target_len < self.seq_len:
+            raise ValueError(f"target_len={self.target_len} must be in [1, seq_len={self.seq_len})")
+
+    @property
+    def target_window(self) -> int:
+        return self.target_len or self.seq_len - 1
 
     @property
     def micro_batch(self) -> int:
@@ -132,7 +141,8 @@ def collate(sequences: Sequence[TrainSequence | None], spec: BatchSpec, pad_id: 
     tokens = np.full((rows, t), pad_id, np.int32)
     soft = np.full((rows, t), -1, np.int32)
     mask = np.zeros((rows, t), bool)
-    loss_mask = np.zeros((rows, t), np.float32)  # 1 where the token at t is a target (predicted from t - 1)
+    # Positions whose logits predict a target token (t predicts t + 1), left-aligned; -1 pads the window.
+    target_index = np.full((rows, spec.target_window), -1, np.int32)
     vectors = {name: np.zeros((rows, spec.max_slots, dim), np.float32) for name, dim in spec.space_dims}
     slot_space = np.zeros((rows, spec.max_slots), np.int32)
     names = [name for name, _ in spec.space_dims]
@@ -143,7 +153,9 @@ def collate(sequences: Sequence[TrainSequence | None], spec: BatchSpec, pad_id: 
         if n > t:
             raise ValueError(f"sequence {i} has {n} tokens; seq_len={t}")
         tokens[i, :n], soft[i, :n], mask[i, :n] = s.tokens, s.soft_index, True
-        loss_mask[i, s.target_start : n] = 1.0
+        if n - s.target_start > spec.target_window:
+            raise ValueError(f"sequence {i} has {n - s.target_start} target tokens; target_len={spec.target_window}")
+        target_index[i, : n - s.target_start] = np.arange(s.target_start - 1, n - 1)
         for slot, (space, vector) in enumerate(zip(s.spaces, s.vectors, strict=True)):
             vectors[names[space]][i, slot] = vector
             slot_space[i, slot] = space
@@ -152,7 +164,7 @@ def collate(sequences: Sequence[TrainSequence | None], spec: BatchSpec, pad_id: 
         "tokens": split(tokens),
         "soft_index": split(soft),
         "mask": split(mask),
-        "loss_mask": split(loss_mask),
+        "target_index": split(target_index),
         "slot_space": split(slot_space),
         "vectors": {name: split(v) for name, v in vectors.items()},
     }

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from elm_jax.models.adapter import Adapter, AdapterConfig, rescale_output
+from elm_jax.models.adapter import Adapter, AdapterConfig, rescale_output, standardize_inputs
 from elm_jax.models.decoder import Cache, Decoder
 from elm_jax.models.decoder_config import DecoderConfig
 
@@ -85,9 +85,15 @@ class ELM(nn.Module):
         slot_space: Array,
         mask: Array | None = None,
         cache: Cache | None = None,
+        return_hidden: bool = False,
     ) -> tuple[Array, Cache | None]:
+        """Logits (B, T, vocab), or the final-norm hidden states with `return_hidden` (see `logits`)."""
         embeddings = self.embed_inputs(tokens, soft_index, vectors, slot_space)
-        return self.llm(embeddings=embeddings, mask=mask, cache=cache)
+        return self.llm(embeddings=embeddings, mask=mask, cache=cache, return_hidden=return_hidden)
+
+    def logits(self, hidden: Array) -> Array:
+        """The LM head on chosen hidden states, e.g. only where a loss is taken."""
+        return self.llm.logits(hidden)
 
 
 def token_embedding_norm(decoder_config: DecoderConfig, llm_params) -> float:
@@ -99,13 +105,14 @@ def token_embedding_norm(decoder_config: DecoderConfig, llm_params) -> float:
 def init_params(config: ELMConfig, llm_params, samples: dict[str, Array], rng: Array) -> dict:
     """Fresh adapters around pretrained LLM params, their outputs scaled like real token embeddings.
 
-    `samples` holds a few domain vectors per space; the adapter's last layer is scaled so that their soft
-    tokens have the mean norm of the LLM's token embeddings.
+    `samples` holds the domain vectors of each space (or a representative sample): the adapter standardizes
+    its inputs with their statistics, and its last layer is scaled so that their soft tokens have the mean
+    norm of the LLM's token embeddings.
     """
     target = token_embedding_norm(config.decoder, llm_params)
     params = {"llm": llm_params}
     for i, (name, cfg) in enumerate(config.adapters):
         x = jnp.asarray(samples[name], jnp.float32)
         fresh = nn.unbox(Adapter(cfg).init(jax.random.fold_in(rng, i), x[:1])["params"])
-        params[f"adapters_{name}"] = rescale_output(fresh, cfg, x, target)
+        params[f"adapters_{name}"] = rescale_output(standardize_inputs(fresh, x), cfg, x, target)
     return params
