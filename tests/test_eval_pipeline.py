@@ -76,7 +76,7 @@ def world(tmp_path_factory):
     return catalog, encoder, elm, params, Tokenizer.from_dir(llm_path)
 
 
-def _run(world, workdir, elm_generate=None, text_generate=None, **settings):
+def _run(world, workdir, elm_generate=None, text_generate=None, model=None, **settings):
     catalog, encoder, elm, params, tokenizer = world
     sampling = gen.SamplingConfig(max_new_tokens=4)
     elm_generate = elm_generate or (lambda q: gen.generate_elm_text(elm, params, tokenizer, q, sampling, batch_size=4))
@@ -95,6 +95,7 @@ def _run(world, workdir, elm_generate=None, text_generate=None, **settings):
         encoder.encode,
         tokenizer,
         workdir,
+        model,
     )
 
 
@@ -186,6 +187,28 @@ def test_an_interrupted_evaluation_resumes_without_regenerating(world, tmp_path)
     regenerated = len(calls) - done_before - 1
     total_chunks = sum(3 * ((n + 2) // 3) for n in (5, 5, 5, 4))  # 3 ELM conditions, chunks of 3
     assert regenerated == total_chunks - done_before
+
+
+def test_another_model_never_reuses_kept_generations(world, tmp_path):
+    """Generations are kept per chunk for resumption, keyed by the model too: a retrained ELM regenerates."""
+    calls = []
+
+    def counting(queries):
+        calls.append(len(queries))
+        return ["a cat"] * len(queries)
+
+    text = lambda p: ["a dog"] * len(p)
+    first = {"stages": [["stage1", 4]], "untrained": False}
+    _run(world, tmp_path, elm_generate=counting, text_generate=text, model=first)
+    n = len(calls)
+    _run(world, tmp_path, elm_generate=counting, text_generate=text, model=first)
+    assert len(calls) == n  # same model: everything reused
+    report = _run(
+        world, tmp_path, elm_generate=counting, text_generate=text, model={**first, "stages": [["stage1", 8]]}
+    )
+    assert len(calls) == 2 * n
+    assert report["model"]["stages"] == [["stage1", 8]]
+    assert json.loads((tmp_path / "metrics.json").read_text())["model"]["untrained"] is False
 
 
 def test_settings_reject_unknown_conditions():

@@ -122,3 +122,19 @@ def test_bad_report_settings_are_named():
         report.ReportSettings(split="validation")
     with pytest.raises(ValueError, match="report.map_points"):
         report.ReportSettings(map_points=1)
+
+
+def test_eval_made_by_another_kind_of_elm_is_stale(tmp_path):
+    """An untrained evaluation never stands in for the trained ELM's (and back), whatever the file dates."""
+    from configs import default
+
+    config = default.get_config()
+    (tmp_path / "eval").mkdir()
+    metrics = tmp_path / "eval" / "metrics.json"
+    for recorded, untrained, stale in ((True, False, True), (False, True, True), (True, True, False)):
+        metrics.write_text(json.dumps({"model": {"untrained": recorded}}))
+        config.eval.untrained = untrained
+        assert report.needs_evaluation(config, tmp_path) is stale
+    metrics.write_text(json.dumps({"tasks": {}}))  # written before the model was recorded
+    config.eval.untrained = False
+    assert report.needs_evaluation(config, tmp_path)

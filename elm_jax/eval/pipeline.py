@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -182,9 +184,17 @@ def evaluate(
     encode: Encoder,
     tokenizer,
     workdir: str | pathlib.Path,
+    model: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Runs every (task, condition), writes generations.jsonl and metrics.json into `workdir`, returns metrics."""
+    """Runs every (task, condition), writes generations.jsonl and metrics.json into `workdir`, returns metrics.
+
+    `model` describes what generates (LLM, trained stages and their steps, sampling): it is recorded in
+    metrics.json and is part of every generation chunk's key, so a retrained ELM or another sampling setting
+    never reuses generations kept from an earlier run.
+    """
     workdir = pathlib.Path(workdir)
+    model = dict(model or {})
+    identity = hashlib.sha1(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:16]
     chunks_dir = workdir / "generation_chunks"
     examples = {
         t.name: build_examples(catalog, t, "test", settings.max_examples_per_task, settings.seed) for t in tasks
@@ -195,7 +205,7 @@ def evaluate(
     with tqdm(total=total, desc="generating", unit="text", disable=None) as bar:
         for task, condition in plan:
             exs = examples[task.name]
-            keys = [f"{task.name}|{condition}|{settings.seed}|{ex.rows}" for ex in exs]
+            keys = [f"{identity}|{task.name}|{condition}|{settings.seed}|{ex.rows}" for ex in exs]
             fn = functools.partial(
                 _generate_chunk, catalog, task, condition, settings, elm_generate, text_generate, tokenizer
             )
@@ -226,7 +236,7 @@ def evaluate(
             for metric, v in values.items():
                 group.setdefault(metric, []).append(v)
     overall = {key: _summarise({m: np.concatenate(v) for m, v in ms.items()}, settings) for key, ms in pooled.items()}
-    report = {"tasks": results, "overall": overall, "settings": dataclasses.asdict(settings)}
+    report = {"tasks": results, "overall": overall, "settings": dataclasses.asdict(settings), "model": model}
     rows = [
         {
             "task": t.name,

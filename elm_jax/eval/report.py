@@ -420,6 +420,7 @@ class _Experiments:
             "users": [self.name("user", u) for u in users],
             "concepts": _concept_info(concepts),
             "spread": _spread(self.catalog.users.embeddings[space]),
+            "ndcg_k": self.talker.settings.ndcg_k,  # 0: all movies
             "lines": {},
             "examples": [],
         }
@@ -453,13 +454,14 @@ class _Experiments:
         return out
 
     def _random_bc(self, vectors: np.ndarray) -> np.ndarray:
-        """Per user, the mean NDCG of random orderings of all movies against the user's predicted ratings."""
+        """Per user, the mean NDCG@k of random orderings of all movies against the user's predicted ratings."""
         factors = self.catalog.movies.embeddings[self.user_space].astype(np.float64)
         rng = np.random.default_rng(self.s.seed)
         out = []
         for v in vectors:
             relevance = np.broadcast_to(np.clip(factors @ v, 0.0, None), (RANDOM_DRAWS, len(factors)))
-            out.append(np.nanmean(metrics.ndcg_rows(rng.random(relevance.shape), relevance)))
+            k = self.talker.settings.ndcg_k or None
+            out.append(np.nanmean(metrics.ndcg_rows(rng.random(relevance.shape), relevance, k=k)))
         return np.asarray(out)
 
     # The map.
@@ -625,9 +627,13 @@ def settings_from_config(config: Any) -> ReportSettings:
 
 
 def needs_evaluation(config: Any, workdir: pathlib.Path) -> bool:
-    """True when eval/metrics.json is missing, or older than a trained stage's checkpoints (retrained since)."""
+    """True when eval/metrics.json is missing, was made by another kind of ELM (untrained vs trained), or is
+    older than a trained stage's checkpoints (retrained since)."""
     path = workdir / "eval" / "metrics.json"
     if not path.is_file():
+        return True
+    recorded = json.loads(path.read_text()).get("model", {})
+    if recorded.get("untrained") != bool(config.eval.untrained):
         return True
     if config.eval.untrained:
         return False
@@ -658,7 +664,9 @@ def run(config: Any, workdir: pathlib.Path) -> pathlib.Path:
     sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
     space_cavs = {path.stem: cavs_lib.load_cavs(path) for path in sorted((workdir / "cavs").glob("*.npz"))}
     registry = tasks_lib.registry(tasks_lib.load_task_file(e.task_file) if e.task_file else ())
-    query_settings = QuerySettings(sampling, chat=config.elm.chat, seed=config.seed, batch_size=e.batch_size)
+    query_settings = QuerySettings(
+        sampling, chat=config.elm.chat, seed=config.seed, batch_size=e.batch_size, ndcg_k=config.report.ndcg_k
+    )
     model = {
         "llm": config.llm.checkpoint,
         "encoder": config.encoder.checkpoint,
