@@ -10,7 +10,7 @@ Args: --config=configs/default.py:llm=gemma3-270m  (any name, .gguf file or Hugg
       --config=configs/default.py:job=report  (the paper's Table 2 and Figs. 3-5 on this run, as HTML)
 Any field: --config.generate.max_new_tokens=32 --config.mesh.tensor=2
 
-The CPU budget decides the sizes: five tasks with short targets (cut at 128 tokens with the prompt), 100
+The CPU budget decides the sizes: five tasks with short targets (cut at 128 tokens with the prompt), 160
 stage-1 and 60 stage-2 steps of 8 sequences. configs/movielens.py has the paper's scale.
 """
 
@@ -138,8 +138,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Stage 1 fits the adapters with the LLM frozen (paper §2: needed for convergence); stage 2 trains
     # everything, or the adapters plus LoRA factors when lora.rank > 0. `trainable` is a regex over paths
     # such as adapters_semantic/fc1/kernel or llm/layers/attn/q_kernel.
-    c.stage1 = stage_config(trainable=r"adapters_.*", steps=100, learning_rate=3e-3, warmup_steps=10, save_every=25)
-    c.stage2 = stage_config(trainable=r".*", steps=60, learning_rate=5e-5, warmup_steps=6, save_every=20)
+    c.stage1 = stage_config(trainable=r"adapters_.*", steps=160, learning_rate=3e-3, warmup_steps=10, save_every=40)
+    c.stage1.eval_every = 40
+    # In stage 2 the adapters keep learning 20x faster than the pretrained LLM: after 100 stage-1 and 60
+    # stage-2 steps this gave a held-out loss of 1.372 (1.405 with shuffled vectors), against 1.379 (1.404).
+    c.stage2 = stage_config(
+        trainable=r".*",
+        steps=60,
+        learning_rate=5e-5,
+        warmup_steps=6,
+        save_every=20,
+        lr_multipliers=(("adapters_.*", 20.0),),
+    )
     c.stage2.eval_every = 30
     c.eval = ml_collections.ConfigDict(
         dict(
@@ -174,6 +184,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             alphas=(0.0, 0.25, 0.5, 0.75, 1.0),  # interpolate: (1 - a) * x + a * y; cav: x + a * gap * v
             concept=ml_collections.config_dict.placeholder(str),  # cav: a tag (workdir/cavs/summary.json)
             force=False,  # allow alphas outside [-1, 2] (interpolate) or [-5, 5] (cav)
+            ndcg_k=20,  # user BC (bc_ndcg): NDCG over the text's top k movies; 0: all
             untrained=False,  # True: fresh adapters instead of the ELM trained in the workdir
             max_new_tokens=128,
             temperature=0.0,
@@ -203,6 +214,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             n_examples=3,  # example generations per task
             map_task="summary",
             map_points=5,  # decoded points along the map's interpolation path
+            ndcg_k=20,  # Fig. 5's user BC: NDCG over the text's top k movies; 0: all
         )
     )
     c.generate = ml_collections.ConfigDict(

@@ -79,7 +79,7 @@ def talker(tmp_path_factory):
     learned = {
         space: cavs.learn_cavs(movies.embeddings[space], catalog.tags, space, min_positives=5) for space in samples
     }
-    settings = query.QuerySettings(SamplingConfig(max_new_tokens=6), chat=True, batch_size=4)
+    settings = query.QuerySettings(SamplingConfig(max_new_tokens=6), chat=True, batch_size=4, ndcg_k=3)
     return query.Talker(elm, encoder.encode, learned, settings, registry)
 
 
@@ -110,7 +110,8 @@ def _encode(talker, answers):
 def _user_ndcg(talker, answers, vectors):
     movies = talker.elm.catalog.movies.embeddings
     predicted = np.clip(np.asarray(vectors, np.float64) @ movies["behavioral"].T, 0, None)
-    return metrics.ndcg_rows(metrics.cosine_matrix(_encode(talker, answers), movies["semantic"]), predicted)
+    scores = metrics.cosine_matrix(_encode(talker, answers), movies["semantic"])
+    return metrics.ndcg_rows(scores, predicted, k=3)  # the top 3 of the 6 movies (settings.ndcg_k)
 
 
 def test_describe_mixes_ids_names_and_raw_vectors_in_one_batch_with_their_sc(talker, generations):
@@ -240,6 +241,11 @@ def test_bad_input_is_refused_naming_the_field_before_generating(talker, generat
 def test_force_allows_a_far_alpha(talker):
     (answer,) = talker.cav(100, "funny", 8.0, force=True)
     assert answer.inputs["alpha"] == 8.0 and answer.consistency is not None
+
+
+def test_settings_refuse_a_negative_ndcg_k():
+    with pytest.raises(ValueError, match="ndcg_k must be >= 0"):
+        query.QuerySettings(ndcg_k=-1)
 
 
 def test_load_vectors_reads_npy_and_json_and_names_the_file(tmp_path):
