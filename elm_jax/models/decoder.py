@@ -161,11 +161,11 @@ class Decoder(nn.Module):
         cfg = self.config
         if cfg.tie_embeddings:
             logits = jnp.einsum(
-                "btd,vd->btv", hidden, self.embedding.astype(hidden.dtype), preferred_element_type=jnp.float32
+                "...d,vd->...v", hidden, self.embedding.astype(hidden.dtype), preferred_element_type=jnp.float32
             )
         else:
             logits = jnp.einsum(
-                "btd,dv->btv", hidden, self.lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32
+                "...d,dv->...v", hidden, self.lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32
             )
         if cfg.final_logit_softcap:
             logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
