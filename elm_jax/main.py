@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import sys
@@ -122,13 +121,7 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
         encoder.encode,
         loaded.tokenizer,
         workdir / "eval",
-        model={
-            "llm": config.llm.checkpoint,
-            "stages": [list(s) for s in elm.stages],
-            "untrained": bool(config.eval.untrained),
-            "chat": bool(config.elm.chat),
-            "sampling": dataclasses.asdict(sampling),
-        },
+        model=trained.generation_identity(config, elm, sampling, config.eval.untrained),
     )
     print(pipeline.format_overall(report))
     print(f"\nwrote {workdir / 'eval' / 'metrics.json'}")

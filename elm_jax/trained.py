@@ -67,6 +67,18 @@ class TrainedELM:
     stages: list[tuple[str, int]]  # (stage, step) restored; empty for an untrained ELM
 
 
+def generation_identity(config: Any, elm: TrainedELM, sampling: Any, untrained: bool) -> dict[str, Any]:
+    """What makes this ELM's texts: recorded with an evaluation and keyed into kept generations, so texts of an
+    earlier model or sampling setting are never reused."""
+    return {
+        "llm": config.llm.checkpoint,
+        "stages": [list(s) for s in elm.stages],
+        "untrained": bool(untrained),
+        "chat": bool(config.elm.chat),
+        "sampling": dataclasses.asdict(sampling),
+    }
+
+
 def load(config: Any, workdir: pathlib.Path, mesh: Mesh, *, encoder=None, untrained: bool = False) -> TrainedELM:
     """The ELM trained in `workdir` by `config` (catalogue and targets prepared there, reused when done).
 
