@@ -186,7 +186,7 @@ def _read_split(path: pathlib.Path, tables: dict[str, EntityTable], root: pathli
         table = tables[kind]
         if not isinstance(test_ids, list):
             raise ValueError(f"{path}: {kind!r} is not a list of ids")
-        lookup = {str(v): i for i, v in enumerate(table.ids.tolist())}
+        lookup = table.row_of
         rows: dict[int, int] = {}
         for position, id_ in enumerate(test_ids):
             if str(id_) not in lookup:

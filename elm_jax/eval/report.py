@@ -21,7 +21,7 @@ Sections and what they measure:
             decoded texts land when re-embedded, and the texts.
 
 Hypothetical vectors are built and scored as `elm_jax.query.Talker` does, so the report and the query job agree:
-SC is the cosine of the encoded text with the vector the ELM was given; user BC is the NDCG of all movies ranked
+SC is the cosine of the encoded text with the vector the ELM was given; user BC is the NDCG@k of all movies ranked
 by similarity to the text, graded by the CF-predicted ratings of the given user vector (the paper's "predicted CF
 model ratings" for Fig. 5; used for Fig. 3's mixed users too, which have no ratings of their own). Generation
 is batched across all requests of an experiment and kept per chunk on disk, which Talker's one-call-per-target
@@ -307,20 +307,9 @@ class _Experiments:
             halfway = [INTERPOLATED_MOVIE.format(a=self.name("movie", m), b=out["anchor"]) for m in self.movies]
             prompts = [SLOT.sub(lambda _, h=h: h, task.teacher_template) for h in halfway]
             text = self.gen.text("fig3_text", prompts)
-            elm_sc, text_sc = self.sc(elm, given), self.sc(text, given)
-            out["tasks"][name] = {"metric": "sc", "elm": self.estimate(elm_sc), "text": self.estimate(text_sc)}
-            out["examples"].append(
-                {
-                    "task": name,
-                    "inputs": [out["movies"][0], out["anchor"]],
-                    "alpha": 0.5,
-                    "elm": elm[0],
-                    "elm_sc": float(elm_sc[0]),
-                    "text_prompt": prompts[0],
-                    "text": text[0],
-                    "text_sc": float(text_sc[0]),
-                }
-            )
+            inputs = [out["movies"][0], out["anchor"]]
+            scores = self.sc(elm, given), self.sc(text, given)
+            out["tasks"][name] = self._fig3_row(name, inputs, "sc", (elm, text), scores, prompts, out["examples"])
         if self.user_task is not None and len(self.users) >= 2:
             out["tasks"][self.user_task.name] = self._fig3_users(out["examples"])
         return out
@@ -338,20 +327,35 @@ class _Experiments:
             for a, b in pairs
         ]
         text = self.gen.text("fig3_text", prompts)
-        elm_bc, text_bc = self.user_bc(elm, mixed), self.user_bc(text, mixed)
+        inputs = [self.name("user", pairs[0][0]), self.name("user", pairs[0][1])]
+        scores = self.user_bc(elm, mixed), self.user_bc(text, mixed)
+        return self._fig3_row(task.name, inputs, "bc", (elm, text), scores, prompts, examples)
+
+    def _fig3_row(
+        self,
+        task: str,
+        inputs: list[str],
+        metric: str,
+        texts: tuple[list[str], list[str]],
+        scores: tuple[np.ndarray, np.ndarray],
+        prompts: list[str],
+        examples: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """One task's ELM-vs-text estimates; its first pair (`inputs`) goes to `examples` with both texts."""
+        (elm, text), (elm_scores, text_scores) = texts, scores
         examples.append(
             {
-                "task": task.name,
-                "inputs": [self.name("user", pairs[0][0]), self.name("user", pairs[0][1])],
+                "task": task,
+                "inputs": inputs,
                 "alpha": 0.5,
                 "elm": elm[0],
-                "elm_bc": float(elm_bc[0]),
+                f"elm_{metric}": float(elm_scores[0]),
                 "text_prompt": prompts[0],
                 "text": text[0],
-                "text_bc": float(text_bc[0]),
+                f"text_{metric}": float(text_scores[0]),
             }
         )
-        return {"metric": "bc", "elm": self.estimate(elm_bc), "text": self.estimate(text_bc)}
+        return {"metric": metric, "elm": self.estimate(elm_scores), "text": self.estimate(text_scores)}
 
     # Fig. 4.
 
@@ -457,10 +461,10 @@ class _Experiments:
         """Per user, the mean NDCG@k of random orderings of all movies against the user's predicted ratings."""
         factors = self.catalog.movies.embeddings[self.user_space].astype(np.float64)
         rng = np.random.default_rng(self.s.seed)
+        k = self.talker.settings.ndcg_k or None
         out = []
         for v in vectors:
             relevance = np.broadcast_to(np.clip(factors @ v, 0.0, None), (RANDOM_DRAWS, len(factors)))
-            k = self.talker.settings.ndcg_k or None
             out.append(np.nanmean(metrics.ndcg_rows(rng.random(relevance.shape), relevance, k=k)))
         return np.asarray(out)
 
@@ -550,10 +554,9 @@ def examples_from_eval(
     out = {}
     for name, inputs in by_input.items():
         table = catalog.table(tasks[name].entity)
-        position = {str(i): r for r, i in enumerate(table.ids.tolist())}
         out[name] = [
             {
-                "inputs": [table.names[position[e]] for e in entities],
+                "inputs": [table.names[table.row_of[e]] for e in entities],
                 "texts": texts,
                 "target": targets.get((name, entities)),
             }
@@ -667,16 +670,14 @@ def run(config: Any, workdir: pathlib.Path) -> pathlib.Path:
     query_settings = QuerySettings(
         sampling, chat=config.elm.chat, seed=config.seed, batch_size=e.batch_size, ndcg_k=config.report.ndcg_k
     )
+    identity = trained.generation_identity(config, elm, sampling, config.eval.untrained)
     model = {
-        "llm": config.llm.checkpoint,
+        **identity,
         "encoder": config.encoder.checkpoint,
-        "stages": [list(s) for s in elm.stages],
-        "untrained": bool(config.eval.untrained),
         "data": config.data.source,
         "targets": config.targets.source,
         "movies": len(elm.catalog.movies),
         "users": len(elm.catalog.users),
-        "sampling": dataclasses.asdict(sampling),
         "eval_metrics_written": datetime.datetime.fromtimestamp(
             (eval_dir / "metrics.json").stat().st_mtime, datetime.UTC
         ).isoformat(timespec="seconds"),
@@ -694,7 +695,7 @@ def run(config: Any, workdir: pathlib.Path) -> pathlib.Path:
             batch_size=e.batch_size,
         ),
         targets=read_targets(workdir / "targets"),
-        identity=json.dumps([model["llm"], model["stages"], model["untrained"], model["sampling"], config.elm.chat]),
+        identity=json.dumps(identity, sort_keys=True),
     )
     out_dir = workdir / "report"
     report = build(tools, settings, eval_metrics, eval_rows, out_dir / "generations", model)
