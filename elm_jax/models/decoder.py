@@ -31,15 +31,31 @@ _REMAT_POLICIES = {
 
 
 def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-    """Empty KV cache. `positions` is -1 for empty or padding slots; `end` is the next free slot."""
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    """Empty KV cache. `positions` is -1 for empty or padding slots; `end` is the next free slot.
+
+    Keys and values are (batch, kv_heads, slots, head_dim) per layer, the layout attention's batched matmuls
+    read directly (slots before heads cost a transpose of each layer's cache per decode step): stacked into
+    one (layers, ...) array for scanned layers, a tuple of per-layer arrays otherwise, so that separate
+    layers read their cache without slicing (a copy per layer and step) and update it in place.
+    """
     dtype = jnp.dtype(dtype or config.dtype)
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+    if config.scan_layers:
+        empty = lambda: jnp.zeros((config.num_layers, *shape), dtype)
+    else:
+        empty = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
+        "k": empty(),
+        "v": empty(),
         "positions": jnp.full((batch, max_len), -1, jnp.int32),
         "end": jnp.zeros((), jnp.int32),
     }
+
+
+def _write_kv(cached: Array, new: Array, start: Array) -> Array:
+    """New keys or values (..., B, T, kv_heads, head_dim) into the cache's (..., B, kv_heads, slots, head_dim)."""
+    at = (0,) * (cached.ndim - 2) + (start, 0)
+    return jax.lax.dynamic_update_slice(cached, jnp.swapaxes(new, -2, -3).astype(cached.dtype), at)
 
 
 def positions_from_mask(mask: Array, offset: Array | int = 0) -> Array:
@@ -125,27 +141,36 @@ class Decoder(nn.Module):
         shared = dict(
             positions=positions, mask=mask, cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l
         )
-        layer_in = {"is_global": jnp.asarray(np.array(cfg.layer_is_global))}
+        is_global = jnp.asarray(np.array(cfg.layer_is_global))
         if cache is not None:
             shared["cache_positions"] = cache["positions"]
-            layer_in["cached_kv"] = (cache["k"], cache["v"])
 
         if cfg.scan_layers:
+            layer_in = {"is_global": is_global}
+            if cache is not None:
+                layer_in["cached_kv"] = (cache["k"], cache["v"])
             x, (new_k, new_v) = self.layers(x, layer_in, shared)
+            if cache is not None:
+                new_k, new_v = _write_kv(cache["k"], new_k, cache["end"]), _write_kv(cache["v"], new_v, cache["end"])
         else:
-            ks, vs = [], []
+            new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
-                x, (k, v) = layer(x, jax.tree.map(lambda a, i=i: a[i], layer_in), shared)
-                ks.append(k)
-                vs.append(v)
-            new_k, new_v = jnp.stack(ks), jnp.stack(vs)
+                layer_in = {"is_global": is_global[i]}
+                if cache is not None:
+                    layer_in["cached_kv"] = (cache["k"][i], cache["v"][i])
+                x, (k, v) = layer(x, layer_in, shared)
+                if cache is not None:
+                    k, v = _write_kv(cache["k"][i], k, cache["end"]), _write_kv(cache["v"][i], v, cache["end"])
+                new_k.append(k)
+                new_v.append(v)
+            new_k, new_v = tuple(new_k), tuple(new_v)
 
         new_cache = None
         if cache is not None:
             start = cache["end"]
             new_cache = {
-                "k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cache["k"].dtype), (0, 0, start, 0, 0)),
-                "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cache["v"].dtype), (0, 0, start, 0, 0)),
+                "k": new_k,
+                "v": new_v,
                 "positions": jax.lax.dynamic_update_slice(
                     cache["positions"], jnp.where(mask, positions, -1).astype(jnp.int32), (0, start)
                 ),

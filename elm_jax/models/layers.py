@@ -88,8 +88,8 @@ class Attention(nn.Module):
         window_ok = lambda qp, kp: is_global | (qp - kp < (cfg.sliding_window or 0))
         q_pos = shared["positions"][:, :, None]
 
-        def scores(keys: Array, key_pos: Array, key_ok: Array) -> Array:
-            s = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
+        def scores(keys: Array, layout: str, key_pos: Array, key_ok: Array) -> Array:
+            s = jnp.einsum(f"btkgd,{layout}->bkgts", q, keys, preferred_element_type=jnp.float32)
             if cfg.attn_logit_softcap:
                 s = jnp.tanh(s / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
             ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
@@ -97,18 +97,18 @@ class Attention(nn.Module):
 
         new_pos, new_valid = shared["positions"], shared["mask"]
         causal = jnp.tril(jnp.ones((t, t), bool))[None]
-        blocks = [scores(k, new_pos, causal & new_valid[:, None, :])]
-        values = [v]
-        if cached_kv is not None:
+        blocks = [scores(k, "bskd", new_pos, causal & new_valid[:, None, :])]
+        values = [(v, "bskd")]
+        if cached_kv is not None:  # cached keys and values are (B, kv_heads, S, head_dim): see init_cache
             ck, cv = cached_kv
             cache_pos = shared["cache_positions"]
-            blocks.insert(0, scores(ck.astype(dtype), cache_pos, (cache_pos >= 0)[:, None, :]))
-            values.insert(0, cv.astype(dtype))
+            blocks.insert(0, scores(ck.astype(dtype), "bksd", cache_pos, (cache_pos >= 0)[:, None, :]))
+            values.insert(0, (cv.astype(dtype), "bksd"))
         probs = jax.nn.softmax(jnp.concatenate(blocks, axis=-1), axis=-1).astype(dtype)
         out, start = 0.0, 0
-        for vals in values:
-            n = vals.shape[1]
-            out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., start : start + n], vals)
+        for vals, layout in values:
+            n = vals.shape[layout.index("s")]
+            out = out + jnp.einsum(f"bkgts,{layout}->btkgd", probs[..., start : start + n], vals)
             start += n
         out = out.reshape(b, t, h, hd)
         return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), (k, v)
