@@ -1,6 +1,7 @@
 """Train-step throughput: the elm_jax ELM trainer's step vs the same step in PyTorch/transformers (CPU).
 
-Both train an ELM around SmolLM2-135M-Instruct in float32 from the same converted weights, with one MLP
+Both train an ELM around SmolLM2-135M-Instruct in float32 (or, with `--dtype bfloat16`, computing in
+bfloat16 from float32 weights) from the same converted weights, with one MLP
 adapter (384 -> 1024 -> 576, GELU-tanh: the shape for all-MiniLM-L6-v2 vectors) initialised identically,
 on the same batch: rows of tokenised movie descriptions, one soft slot near the start, the loss on the last
 `--target` tokens. Stage 1 trains the adapter only (the LLM frozen, but backpropagated through to reach the
@@ -18,6 +19,7 @@ waits out a scheduler time slice: an elementwise multiply of 1.5M floats took 8 
 shared 2-core VM, and a whole step 3-4x longer. That would measure the machine's load, not the frameworks.
 
   .venv/bin/python benchmarks/train_step.py [--steps 3] [--warmup 1] [--batch 8] [--seq 128] [--stages 1,2]
+                                             [--dtype float32|bfloat16]
 
 The reference needs `pip install torch==2.13.0` (a CPU-only build; the `bench` extra of setup.py).
 """
@@ -143,8 +145,12 @@ def elm_jax_step(model: ELM, params: dict, trainable: str, host: dict, spec: Bat
     return step
 
 
-def torch_step(path: pathlib.Path, adapter: dict, train_llm: bool, host: dict) -> Step:
-    """The same step in PyTorch: transformers' Llama, the adapter's soft token written into inputs_embeds."""
+def torch_step(path: pathlib.Path, adapter: dict, train_llm: bool, host: dict, dtype: str) -> Step:
+    """The same step in PyTorch: transformers' Llama, the adapter's soft token written into inputs_embeds.
+
+    With dtype bfloat16 the forward runs under CPU autocast (float32 weights, bfloat16 matmuls), as elm_jax
+    computes in bfloat16 from float32 master weights.
+    """
     import torch
     from transformers import LlamaForCausalLM
 
@@ -180,14 +186,17 @@ def torch_step(path: pathlib.Path, adapter: dict, train_llm: bool, host: dict) -
     mean, std = (torch.tensor(np.asarray(adapter[k])) for k in ("input_mean", "input_std"))
     vectors = (torch.from_numpy(host["vectors"][SPACE][0]) - mean) / std
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
     def step() -> tuple[float, float]:
         opt.zero_grad(set_to_none=True)
-        soft = net(vectors)  # (B, slots, hidden): one soft token per slot
-        text = llm.get_input_embeddings()(tokens)
-        picked = torch.gather(soft, 1, soft_index.clamp(min=0)[..., None].expand_as(text))
-        embeds = torch.where((soft_index >= 0)[..., None], picked, text)
-        loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, logits_to_keep=keep).loss
-        loss.backward()
+        with autocast:
+            soft = net(vectors)  # (B, slots, hidden): one soft token per slot
+            text = llm.get_input_embeddings()(tokens)
+            picked = torch.gather(soft, 1, soft_index.clamp(min=0)[..., None].expand_as(text))
+            embeds = torch.where((soft_index >= 0)[..., None], picked.to(text.dtype), text)
+            loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, logits_to_keep=keep).loss
+        loss.float().backward()
         norm = torch.nn.utils.clip_grad_norm_(trainable, OPTIM["grad_clip"])
         opt.step()
         return loss.item(), norm.item()
@@ -224,6 +233,12 @@ def main() -> None:
     parser.add_argument("--stages", default="1,2", help="which stages: 1 (adapter only), 2 (everything)")
     parser.add_argument("--scan-layers", type=int, default=1, help="elm_jax: nn.scan over layers (1) or not (0)")
     parser.add_argument("--remat", default="none", help="elm_jax remat policy: none | full | dots | dots_no_batch")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype of both (weights and optimizer stay float32): elm_jax llm.dtype, torch autocast",
+    )
     parser.add_argument("--out", type=pathlib.Path, help="also write the results here as JSON")
     args = parser.parse_args()
     stages = [int(s) for s in args.stages.split(",")]
@@ -242,7 +257,9 @@ def main() -> None:
     )
 
     mesh = shd.make_mesh({"data": -1})
-    loaded = load_decoder(CHECKPOINT, mesh, scan_layers=bool(args.scan_layers), remat_policy=args.remat)
+    loaded = load_decoder(
+        CHECKPOINT, mesh, scan_layers=bool(args.scan_layers), remat_policy=args.remat, dtype=args.dtype
+    )
     adapter_cfg = AdapterConfig(INPUT_DIM, loaded.config.hidden_size, HIDDEN_DIM)
     model = ELM(ELMConfig(loaded.config, ((SPACE, adapter_cfg),)))
     spec = BatchSpec(args.batch, args.seq, ((SPACE, INPUT_DIM),), max_slots=1, target_len=args.target)
@@ -255,7 +272,7 @@ def main() -> None:
     for stage in stages:
         steps = {
             "elm_jax": elm_jax_step(model, params, STAGES[stage], host, spec, mesh),
-            "torch": torch_step(loaded.path, adapter, stage == 2, host),
+            "torch": torch_step(loaded.path, adapter, stage == 2, host, args.dtype),
         }
         t = measure(steps, args.warmup, args.steps)
         ours, ref = t["elm_jax"], t["torch"]
@@ -302,7 +319,7 @@ def main() -> None:
     header += ["1st loss", "1st grad norm", "1st s"]
     print("\n" + markdown([header, *rows]))
     print(
-        f"\nbatch {args.batch} x {args.seq} tokens, loss on the last {args.target} of each row, float32;"
+        f"\nbatch {args.batch} x {args.seq} tokens, loss on the last {args.target} of each row, {args.dtype} compute;"
         f" median of {args.steps} alternating timed steps after {args.warmup} warm-up step(s) each"
         f" (1st s: the first step, elm_jax's compilation included; cores busy: CPU time / wall time);"
         f" elm_jax scan_layers={bool(args.scan_layers)}, remat={args.remat}."
@@ -326,6 +343,7 @@ def main() -> None:
                 "checkpoint": CHECKPOINT,
                 "batch": args.batch,
                 "seq": args.seq,
+                "dtype": args.dtype,
                 "target": args.target,
                 "warmup": args.warmup,
                 "steps": args.steps,
