@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elm_jax.data.prompts import EncodedPrompt, Query, pad_prompts
-from elm_jax.models.decoder import Decoder, init_cache
+from elm_jax.models.decoder import Decoder, init_cache, separate_layers
 from elm_jax.models.decoder_config import DecoderConfig
 from elm_jax.models.elm import ELM, ELMConfig
 from elm_jax.tokenizer import Tokenizer
@@ -61,17 +61,22 @@ def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
 
 
 @functools.cache
-def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int):
-    model = Decoder(config)
+def _compiled_generate(
+    config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int, separate: bool
+):
+    decode_config = dataclasses.replace(config, scan_layers=False, remat_policy="none") if separate else config
+    model = Decoder(decode_config)
     n_new = sampling.max_new_tokens
     stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
 
     def run(params, embeddings: Array, mask: Array, rng: Array) -> tuple[Array, Array]:
         b, t = mask.shape
+        if separate:  # scanned weights sliced into separate layers once per call, not per layer and step
+            params = separate_layers(config, params)
         variables = {"params": params}
         # The barrier keeps the empty cache from being a compile-time constant: XLA would otherwise spend minutes
         # constant-folding the prefill's scores against it for long prompts.
-        cache = jax.lax.optimization_barrier(init_cache(config, b, t + n_new))
+        cache = jax.lax.optimization_barrier(init_cache(decode_config, b, t + n_new))
         # Prompts are left-padded, so the last position is every row's last prompt token: the vocab-wide head
         # runs there only (on every position it is ~a fifth of SmolLM2's prefill FLOPs, for nothing).
         hidden, cache = model.apply(variables, embeddings=embeddings, mask=mask, cache=cache, return_hidden=True)
@@ -118,8 +123,14 @@ def generate(
     """Continues left-padded prompt embeddings (B, T, D); returns tokens (B, N) and lengths (B,).
 
     Tokens after a row's first stop token are `pad_id`; `lengths` counts the stop token itself.
+
+    On accelerators scanned layers decode as separate ones (`separate_layers`, once per call): slicing each
+    layer's weights out of the stack at every step nearly doubled an H100's step time. XLA:CPU keeps the scan:
+    there separate layers gave no step-time gain beyond this VM's noise, and each program took 15-20 s longer
+    to compile.
     """
-    fn = _compiled_generate(model.config, sampling, tuple(int(s) for s in stop_ids), int(pad_id))
+    separate = model.config.scan_layers and jax.default_backend() != "cpu"
+    fn = _compiled_generate(model.config, sampling, tuple(int(s) for s in stop_ids), int(pad_id), separate)
     return fn(params, embeddings, mask, rng)
 
 

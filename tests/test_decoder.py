@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from elm_jax.models.decoder import Decoder, init_cache
+from elm_jax.models.decoder import Decoder, init_cache, separate_layers
 from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
 from elm_jax.weights import hf
 from tests import fixtures
@@ -81,6 +81,9 @@ def test_scanned_and_unscanned_layouts_compute_the_same(tiny):
     unscanned, p_loop = _load(tiny[1], scan_layers=False)
     assert "layers" in p_scan and "layers_0" in p_loop
     np.testing.assert_array_equal(p_scan["layers"]["mlp"]["up_kernel"][1], p_loop["layers_1"]["mlp"]["up_kernel"])
+    separated = separate_layers(scanned.config, p_scan)  # what generation decodes with
+    assert jax.tree.structure(separated) == jax.tree.structure(p_loop)
+    jax.tree.map(np.testing.assert_array_equal, separated, p_loop)
     ids = _ids(2, 7)
     np.testing.assert_allclose(
         scanned.apply({"params": p_scan}, ids)[0], unscanned.apply({"params": p_loop}, ids)[0], atol=1e-5

@@ -39,6 +39,15 @@ def test_greedy_matches_reference_and_batching_does_not_change_rows(tiny):
         single, _ = _generate(model, params, [prompt], sampling)
         np.testing.assert_array_equal(single[0], expected)
     np.testing.assert_array_equal(lengths, [10, 10, 10])
+    # Separate layers decode the same: loaded that way, or sliced from the scanned stacks (as on accelerators).
+    assert model.config.scan_layers
+    config = hf.load_config(path, scan_layers=False)
+    loaded_separate, _ = _generate(Decoder(config), hf.load_params(path, config), prompts, sampling)
+    np.testing.assert_array_equal(loaded_separate, batch_tokens)
+    ids, mask = gen.left_pad(prompts, pad_id=0)
+    emb = model.apply({"params": params}, ids, method=Decoder.embed)
+    sliced = gen._compiled_generate(model.config, sampling, (), 0, separate=True)
+    np.testing.assert_array_equal(sliced(params, emb, mask, jax.random.key(0))[0], batch_tokens)
 
 
 def test_stop_token_ends_a_row_and_pads_the_rest(tiny):
@@ -104,7 +113,7 @@ def test_generate_text_compiles_once_per_length_bucket(tiny):
         model, params, tokenizer, ["The cat", "The capital of France is", "Paris"], sampling, batch_size=2
     )
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
-    fn = gen._compiled_generate(model.config, sampling, tokenizer.stop_ids, tokenizer.pad_id)
+    fn = gen._compiled_generate(model.config, sampling, tokenizer.stop_ids, tokenizer.pad_id, False)
     assert fn._cache_size() == 1  # 3 prompts, 2 calls, one (rows, length) bucket
     chat = gen.generate_text(model, params, tokenizer, ["What is the capital of France?"], sampling, chat=True)
     assert len(chat) == 1
