@@ -36,7 +36,7 @@ def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype: Any = Non
     Keys and values are (batch, kv_heads, slots, head_dim) per layer, the layout attention's batched matmuls
     read directly (slots before heads cost a transpose of each layer's cache per decode step): stacked into
     one (layers, ...) array for scanned layers, a tuple of per-layer arrays otherwise, so that separate
-    layers read their cache without slicing (a copy per layer and step) and update it in place.
+    layers do not slice their cache out of a stack.
     """
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (batch, config.num_kv_heads, max_len, config.head_dim)
