@@ -97,6 +97,11 @@ class QuerySettings:
         if self.ndcg_k < 0:
             raise ValueError(f"ndcg_k must be >= 0 (0: all movies), got {self.ndcg_k}")
 
+    @property
+    def ndcg_cutoff(self) -> int | None:
+        """`ndcg_k` as the NDCG functions take it: None ranks all movies."""
+        return self.ndcg_k or None
+
 
 @dataclasses.dataclass(frozen=True)
 class _Prompt:
@@ -381,7 +386,7 @@ class Talker:
                 raise ValueError(f"bc_ndcg ranks movies by their {semantic!r} embeddings; the catalogue has none")
             self._check_encoder(embedded, items.shape[1], f"movie space {semantic!r}")
             predicted = np.clip(vectors @ factors.T, 0.0, None)
-            k = self.settings.ndcg_k or None
+            k = self.settings.ndcg_cutoff
             return "bc_ndcg", metrics.user_behavioral_consistency(embedded, items, predicted, k=k)
         factors = self._factors(catalog.users, space, vectors.shape[1])
         predicted = vectors @ factors.T

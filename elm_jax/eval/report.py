@@ -461,7 +461,7 @@ class _Experiments:
         """Per user, the mean NDCG@k of random orderings of all movies against the user's predicted ratings."""
         factors = self.catalog.movies.embeddings[self.user_space].astype(np.float64)
         rng = np.random.default_rng(self.s.seed)
-        k = self.talker.settings.ndcg_k or None
+        k = self.talker.settings.ndcg_cutoff
         out = []
         for v in vectors:
             relevance = np.broadcast_to(np.clip(factors @ v, 0.0, None), (RANDOM_DRAWS, len(factors)))
