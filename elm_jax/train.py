@@ -242,7 +242,7 @@ def _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings,
 
     lr = learning_rate(stage.optim)
     weight_grads = stage.step.lora is None and "llm" in state["params"]  # else the LLM's matmuls cost 4N, not 6N
-    flops = train_flops_per_token(model.config.decoder, spec.seq_len, weight_grads)
+    flops = train_flops_per_token(model.config.decoder, spec.seq_len, weight_grads, spec.target_window)
     peak = stage.peak_flops_per_device or peak_flops_per_device()
 
     def run_eval(step: int) -> None:
