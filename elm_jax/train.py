@@ -57,17 +57,15 @@ class StageConfig:
     peak_flops_per_device: float = 0.0  # 0: look up the device kind; unknown kinds (CPU) report no MFU
 
 
+def init_args(model: ELM) -> tuple:
+    """The smallest inputs `model.init` accepts: one token, one slot per space."""
+    zeros = jnp.zeros((1, 1), jnp.int32)
+    return zeros, zeros, {name: jnp.zeros((1, 1, a.input_dim)) for name, a in model.config.adapters}, zeros
+
+
 def abstract_params(model: ELM, lora: LoraConfig | None = None) -> dict:
     """Boxed abstract ELM params (shapes, dtypes, logical axis names), LoRA factors included."""
-    cfg = model.config
-    dims = {name: a.input_dim for name, a in cfg.adapters}
-    args = (
-        jnp.zeros((1, 1), jnp.int32),
-        jnp.zeros((1, 1), jnp.int32),
-        {name: jnp.zeros((1, 1, d)) for name, d in dims.items()},
-        jnp.zeros((1, 1), jnp.int32),
-    )
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args)["params"])
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_args(model))["params"])
     if lora is not None:
         boxed = {**boxed, **jax.eval_shape(lambda: init_lora(boxed, lora, jax.random.key(0)))}
     return boxed

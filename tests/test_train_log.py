@@ -11,6 +11,7 @@ from elm_jax.models.adapter import AdapterConfig
 from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
 from elm_jax.models.elm import ELM, ELMConfig
 from elm_jax.optim import OptimConfig, make_optimizer, partition
+from elm_jax.train import init_args
 from elm_jax.train_log import train_flops_per_token
 from elm_jax.train_step import StepConfig, make_train_step
 
@@ -36,8 +37,7 @@ def test_train_flops_match_xla_cost_analysis(stage, trainable):
         scan_layers=False,
     )
     model = ELM(ELMConfig(cfg, (("s", AdapterConfig(DIM, cfg.hidden_size, 64)),)))
-    zeros = jnp.zeros((1, 1), jnp.int32)
-    params = nn.unbox(model.init(jax.random.key(0), zeros, zeros, {"s": jnp.zeros((1, 1, DIM))}, zeros)["params"])
+    params = nn.unbox(model.init(jax.random.key(0), *init_args(model))["params"])
     rng = np.random.default_rng(0)
     soft = np.where(np.arange(T) == 4, 0, -1).astype(np.int32)
     sequences = [
