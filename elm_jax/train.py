@@ -243,14 +243,24 @@ def _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings,
     flops = train_flops_per_token(model.config.decoder, spec.seq_len, weight_grads, spec.target_window)
     peak = stage.peak_flops_per_device or peak_flops_per_device()
 
+    def totals(sequences: Sequence[TrainSequence]) -> dict[str, float]:
+        sums = None
+        for host in data.eval_batches(sequences):
+            out = evaluate(state["params"], frozen, global_batch(host, b_sh, spec))
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        return {k: float(v) for k, v in sums.items()}
+
     def run_eval(step: int) -> None:
         for name, sequences in (eval_sets or {}).items():
-            totals = None
-            for host in data.eval_batches(sequences):
-                out = evaluate(state["params"], frozen, global_batch(host, b_sh, spec))
-                totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-            n = max(float(totals["target_tokens"]), 1.0)
-            writer.write(step, {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n}, prefix=name)
+            # Also task by task: a pooled loss hides which tasks the vector informs. Pooled = the same sums.
+            tasks = sorted({s.task for s in sequences})
+            by_task = {t: totals([s for s in sequences if s.task == t]) for t in tasks}
+            pooled = {k: sum(t[k] for t in by_task.values()) for k in ("loss_sum", "target_tokens", "correct")}
+            n = max(pooled["target_tokens"], 1.0)
+            scalars = {"loss": pooled["loss_sum"] / n, "accuracy": pooled["correct"] / n}
+            if len(tasks) > 1:
+                scalars.update({f"loss_{t}": v["loss_sum"] / max(v["target_tokens"], 1.0) for t, v in by_task.items()})
+            writer.write(step, scalars, prefix=name)
 
     t_last, step_last = time.perf_counter(), start
     with tqdm(total=steps, initial=start, desc=stage.name, unit="step", disable=None) as bar:

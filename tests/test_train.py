@@ -103,6 +103,21 @@ def test_loss_on_the_target_window_equals_the_loss_over_all_logits(tiny):
         collate(rows, BatchSpec(3, 12, (("semantic", 4),), 1, target_len=5), pad_id=0)
 
 
+def test_held_out_loss_is_logged_pooled_and_per_task(tiny, tmp_path):
+    model, params, sequences = tiny
+    tagged = [dataclasses.replace(s, task="odd" if i % 2 else "even") for i, s in enumerate(sequences)]
+    data = Batches(tagged, _spec(), pad_id=0, seed=0)
+    mesh = shd.make_mesh({"data": -1})
+    train_stage(model, params, _stage(steps=2), data, mesh, tmp_path, eval_sets={"eval": tagged, "plain": sequences})
+    rows = [json.loads(line) for line in (tmp_path / "stage1" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["split"] == "eval"][-1]
+    # Every row has 4 target tokens (3 + the end token) and the tasks 12 rows each: pooled = their mean.
+    assert last["loss"] == pytest.approx((last["loss_odd"] + last["loss_even"]) / 2, rel=1e-5)
+    assert last["loss_odd"] != pytest.approx(last["loss_even"])
+    plain = [r for r in rows if r["split"] == "plain"][-1]  # one task (untagged): only the pooled loss
+    assert plain["loss"] == pytest.approx(last["loss"], rel=1e-5) and not any(k.startswith("loss_") for k in plain)
+
+
 def test_lr_multipliers_scale_the_update_of_matching_paths():
     params = {"adapters_semantic": {"w": jnp.ones((2, 2))}, "llm": {"w": jnp.ones((2, 2))}}
     grads = jax.tree.map(jnp.ones_like, params)

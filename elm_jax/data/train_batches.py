@@ -31,6 +31,7 @@ class TrainSequence:
     target_start: int  # index of the first target token
     vectors: tuple[np.ndarray, ...]  # one domain vector per slot
     spaces: tuple[int, ...]  # index into the ELM's space names, per slot
+    task: str = ""  # the task it was encoded from: held-out losses are reported per task too
 
 
 def encode_targets(
@@ -75,7 +76,7 @@ def encode_targets(
         soft = np.asarray(prompt.soft_index + [-1] * (len(text_ids) + 1), np.int32)
         vectors = tuple(table.embeddings[task.spaces[s]][r] for s, r in zip(task.slots, rows, strict=True))
         spaces = tuple(space_names.index(task.spaces[s]) for s in task.slots)
-        out.append(TrainSequence(tokens, soft, len(prompt.tokens), vectors, spaces))
+        out.append(TrainSequence(tokens, soft, len(prompt.tokens), vectors, spaces, task.name))
     if cut:
         logging.warning("%d of %d targets were cut to fit max_len=%d", cut, len(targets), max_len)
     return out
