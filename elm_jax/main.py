@@ -69,7 +69,7 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
     from elm_jax import sharding, trained
     from elm_jax.data import tasks as tasks_lib
     from elm_jax.encoder import TextEncoder
-    from elm_jax.eval import pipeline
+    from elm_jax.eval import pipeline, vector_reliance
     from elm_jax.generate import SamplingConfig, generate_elm_text, generate_text
 
     mesh = sharding.make_mesh(config.mesh)
@@ -112,9 +112,10 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
         seed=config.seed,
         batch_size=e.batch_size,
     )
+    tasks = tasks_lib.select(list(e.tasks), registry)
     report = pipeline.evaluate(
         catalog,
-        tasks_lib.select(list(e.tasks), registry),
+        tasks,
         settings,
         lambda q: elm_generate(q),
         lambda p: text_generate(p),
@@ -124,7 +125,10 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
         model=trained.generation_identity(config, elm, sampling, config.eval.untrained),
     )
     print(pipeline.format_overall(report))
-    print(f"\nwrote {workdir / 'eval' / 'metrics.json'}")
+    reliance = vector_reliance.run(config, elm, tasks, workdir)
+    print("\nheld-out loss with true vs shuffled vectors (does the ELM read the vector?)")
+    print(vector_reliance.format_table(reliance))
+    print(f"\nwrote {workdir / 'eval' / 'metrics.json'} and {workdir / 'eval' / 'vector_reliance.json'}")
 
 
 def run_prepare(config, workdir: pathlib.Path) -> None:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from elm_jax import sharding as shd
 from elm_jax.checkpoint import Checkpointer, abstract_like, export_adapters
-from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence
+from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence, fitted_spec
 from elm_jax.lora import LoraConfig, apply_lora, init_lora
 from elm_jax.models.adapter import AdapterConfig
 from elm_jax.models.elm import ELM, ELMConfig, init_params
@@ -385,16 +385,8 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
     held_out = targets["test"]  # grouped by task: score an even, seeded subset
     pick = np.sort(np.random.default_rng(config.seed).permutation(len(held_out))[: t.eval_examples])
     eval_seqs = encode([held_out[i] for i in pick])
-    longest = max(len(s.tokens) for s in train_seqs + eval_seqs)
-    seq_len = min(-(-longest // 16) * 16, t.max_len)
-    spec = BatchSpec(
-        global_batch=t.batch_size,
-        seq_len=seq_len,
-        space_dims=tuple((name, cfg.input_dim) for name, cfg in adapters),
-        max_slots=max(len(s.spaces) for s in train_seqs),
-        accum_steps=t.accum_steps,
-        target_len=min(-(-max(len(s.tokens) - s.target_start for s in train_seqs + eval_seqs) // 8) * 8, seq_len - 1),
-    )
+    dims = tuple((name, cfg.input_dim) for name, cfg in adapters)
+    spec = fitted_spec(train_seqs + eval_seqs, dims, t.batch_size, t.accum_steps, t.max_len)
     logging.info(
         "training on %d sequences (%d held out for eval loss), %d tokens each, batch %d",
         len(train_seqs),

@@ -42,8 +42,8 @@ def full_params(trainable: Any, frozen: Any, cfg: StepConfig) -> dict:
     return apply_lora(params, cfg.lora) if cfg.lora else params
 
 
-def token_losses(model: ELM, params: dict, batch: Batch) -> tuple[Array, Array, Array]:
-    """(sum of target-token cross-entropies, number of target tokens, number predicted right) for one batch.
+def row_losses(model: ELM, params: dict, batch: Batch) -> tuple[Array, Array, Array]:
+    """Per row of one batch: (sum of target-token cross-entropies, target tokens, tokens predicted right).
 
     The vocab-wide LM head runs only at the `target_index` positions (B, target_len), not at every position:
     on SmolLM2 it is ~13% of a stage-1 step, about half of it spent on prompt and padding.
@@ -65,7 +65,12 @@ def token_losses(model: ELM, params: dict, batch: Batch) -> tuple[Array, Array, 
     logits = model.apply({"params": params}, picked, method=ELM.logits)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return jnp.sum(ce * weights), jnp.sum(weights), jnp.sum(correct * weights)
+    return jnp.sum(ce * weights, axis=1), jnp.sum(weights, axis=1), jnp.sum(correct * weights, axis=1)
+
+
+def token_losses(model: ELM, params: dict, batch: Batch) -> tuple[Array, Array, Array]:
+    """`row_losses` summed over the batch's rows."""
+    return tuple(jnp.sum(x) for x in row_losses(model, params, batch))
 
 
 def _noisy(batch: Batch, rng: Array, scales: dict[str, Array], amount: float) -> Batch:

@@ -490,3 +490,28 @@ def tiny_run(root: str | pathlib.Path) -> tuple[pathlib.Path, list[str]]:
         "--config.data.catalog.wals.rank=8",
         "--config.data.catalog.wals.iterations=3",
     ]
+
+
+def tiny_elm(directory: str | pathlib.Path) -> tuple:
+    """(ELM, params, 24 sequences) around a tiny random Llama written to `directory`: one 4-d semantic adapter,
+    and targets that are a function of the vector (so a trained adapter can learn them)."""
+    import jax
+
+    from elm_jax.data.train_batches import TrainSequence
+    from elm_jax.models.adapter import AdapterConfig
+    from elm_jax.models.elm import ELM, ELMConfig, init_params
+    from elm_jax.weights import hf
+
+    path = write_hf_checkpoint(directory, "llama", seed=3)
+    decoder = hf.load_config(path)
+    model = ELM(ELMConfig(decoder, (("semantic", AdapterConfig(4, decoder.hidden_size, 16)),)))
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((24, 4)).astype(np.float32)
+    params = init_params(model.config, hf.load_params(path, decoder), {"semantic": vectors}, jax.random.key(1))
+    sequences = []
+    for i, v in enumerate(vectors):
+        target = [10 + int(v[0] > 0), 20 + int(v[1] > 0), 30 + (i % 3)]
+        prompt = [1, 5, 6, 0, 7]
+        soft = np.asarray([-1, -1, -1, 0, -1] + [-1] * 4, np.int32)
+        sequences.append(TrainSequence(np.asarray(prompt + target + [2], np.int32), soft, len(prompt), (v,), (0,)))
+    return model, jax.device_get(params), sequences

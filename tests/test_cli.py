@@ -108,5 +108,6 @@ def test_evaluate_job_on_the_default_catalogue_with_tiny_models(tiny_checkpoint,
     report = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert set(report["tasks"]) == {"summary", "similarities", "user_profile"}
     assert "| single/elm |" in result.stdout
+    assert "held-out loss with true vs shuffled vectors" in result.stdout and "| all |" in result.stdout
     rows = (tmp_path / "run" / "eval" / "generations.jsonl").read_text().splitlines()
     assert len(rows) == 4 * (4 + 4 + 4)

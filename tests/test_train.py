@@ -12,14 +12,11 @@ from flax import traverse_util
 
 from elm_jax import sharding as shd
 from elm_jax.checkpoint import export_adapters, import_adapters
-from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence, collate, example_indices, host_rows
+from elm_jax.data.train_batches import Batches, BatchSpec, collate, example_indices, host_rows
 from elm_jax.lora import LoraConfig, apply_lora
-from elm_jax.models.adapter import AdapterConfig
-from elm_jax.models.elm import ELM, ELMConfig, init_params
 from elm_jax.optim import OptimConfig, make_optimizer, partition
 from elm_jax.train import StageConfig, add_lora, shuffled_vectors, train_stage
 from elm_jax.train_step import StepConfig, token_losses
-from elm_jax.weights import hf
 from tests import fixtures
 
 STAGE1 = r"adapters_.*"
@@ -27,27 +24,7 @@ STAGE1 = r"adapters_.*"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = fixtures.write_hf_checkpoint(tmp_path_factory.mktemp("llm"), "llama", seed=3)
-    decoder = hf.load_config(path)
-    model = ELM(ELMConfig(decoder, (("semantic", AdapterConfig(4, decoder.hidden_size, 16)),)))
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((24, 4)).astype(np.float32)
-    params = init_params(model.config, hf.load_params(path, decoder), {"semantic": vectors}, jax.random.key(1))
-    params = jax.device_get(params)
-    sequences = []
-    for i, v in enumerate(vectors):  # the target tokens are a function of the vector: learnable
-        target = [10 + int(v[0] > 0), 20 + int(v[1] > 0), 30 + (i % 3)]
-        prompt = [1, 5, 6, 0, 7]
-        sequences.append(
-            TrainSequence(
-                np.asarray(prompt + target + [2], np.int32),
-                np.asarray([-1, -1, -1, 0, -1] + [-1] * 4, np.int32),
-                len(prompt),
-                (v,),
-                (0,),
-            )
-        )
-    return model, params, sequences
+    return fixtures.tiny_elm(tmp_path_factory.mktemp("llm"))
 
 
 def _spec(accum=1, batch=8):

@@ -72,6 +72,9 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
     assert "evaluating stage1 (step 3), stage2 (step 2)" in evaluated.stdout
     report = json.loads((work / "eval" / "metrics.json").read_text())
     assert set(report["tasks"]) == {"summary", "user_profile"}
+    reliance = json.loads((work / "eval" / "vector_reliance.json").read_text())
+    assert {k: r["rows"] for k, r in reliance.items()} == {"summary": 2, "user_profile": 2, "all": 4}
+    assert all(np.isfinite([r["loss"], r["loss_shuffled"], r["gap"]["mean"]]).all() for r in reliance.values())
 
     second = _train(*args)
     assert second.returncode == 0, second.stderr[-4000:]

@@ -110,6 +110,29 @@ class BatchSpec:
         return self.global_batch // self.accum_steps
 
 
+def fitted_spec(
+    sequences: Sequence[TrainSequence],
+    space_dims: tuple[tuple[str, int], ...],
+    global_batch: int,
+    accum_steps: int = 1,
+    max_len: int | None = None,
+) -> BatchSpec:
+    """The smallest shapes that hold every sequence: lengths rounded up to 16 (at most `max_len`) and target
+    windows to 8, so that one program compiles for all of them."""
+    longest = max(len(s.tokens) for s in sequences)
+    target = max(len(s.tokens) - s.target_start for s in sequences)
+    seq_len = -(-longest // 16) * 16
+    seq_len = min(seq_len, max_len) if max_len else seq_len
+    return BatchSpec(
+        global_batch=global_batch,
+        seq_len=seq_len,
+        space_dims=space_dims,
+        max_slots=max(len(s.spaces) for s in sequences),
+        accum_steps=accum_steps,
+        target_len=min(-(-target // 8) * 8, seq_len - 1),
+    )
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
