@@ -159,7 +159,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             untrained=False,  # True: score fresh adapters (a floor) instead of the ELM trained in the workdir
             max_examples_per_task=24,  # 3 full generation batches of 8 per task and condition
             # Held-out targets per task scored with true and shuffled vectors (eval/vector_reliance.json); 0: all.
-            loss_examples_per_task=24,  # ~50 s on 2 CPU cores for five tasks; all 1,512 held-out targets: ~11 min
+            loss_examples_per_task=24,
             user_text="titles",
             max_ranked_users=100,
             ranked_items=100,
