@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from elm_jax import sharding as shd
-from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
+from elm_jax.models.decoder_config import DecoderConfig
 from elm_jax.train_log import train_flops_per_token
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
@@ -21,9 +21,6 @@ TINY = DecoderConfig(
     num_kv_heads=2,
     head_dim=8,
     mlp_dim=64,
-    rope=RopeConfig(1e4),
-    local_rope=RopeConfig(1e4),
-    query_scale=8**-0.5,
     dtype="bfloat16",
 )
 

@@ -8,7 +8,7 @@ import pytest
 
 from elm_jax.data.train_batches import BatchSpec, TrainSequence, collate
 from elm_jax.models.adapter import AdapterConfig
-from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
+from elm_jax.models.decoder_config import DecoderConfig
 from elm_jax.models.elm import ELM, ELMConfig
 from elm_jax.optim import OptimConfig, make_optimizer, partition
 from elm_jax.train import init_args
@@ -31,9 +31,6 @@ def test_train_flops_match_xla_cost_analysis(stage, trainable):
         num_kv_heads=2,
         head_dim=64,
         mlp_dim=1024,
-        rope=RopeConfig(1e4),
-        local_rope=RopeConfig(1e4),
-        query_scale=64**-0.5,
         scan_layers=False,
     )
     model = ELM(ELMConfig(cfg, (("s", AdapterConfig(DIM, cfg.hidden_size, 64)),)))
