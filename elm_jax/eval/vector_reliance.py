@@ -10,11 +10,12 @@ scores a gap of 0 and a share of 1/2 or less (ties count against it).
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax import Array
 
 from elm_jax.data import targets as targets_lib
 from elm_jax.data.tasks import Task
@@ -27,10 +28,13 @@ from elm_jax.train_step import row_losses
 
 
 def per_row_losses(
-    model: ELM, params: Any, sequences: Sequence[TrainSequence], spec: BatchSpec, pad_id: int
+    fn: Callable[[Any, dict], tuple[Array, Array]],
+    params: Any,
+    sequences: Sequence[TrainSequence],
+    spec: BatchSpec,
+    pad_id: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(summed cross-entropy, target tokens) of every sequence, in order."""
-    fn = jax.jit(lambda p, b: row_losses(model, p, jax.tree.map(lambda x: x[0], b))[:2])
+    """(summed cross-entropy, target tokens) of every sequence, in order; `fn(params, batch)` scores a batch."""
     losses, counts = [], []
     for start in range(0, len(sequences), spec.global_batch):
         chunk = list(sequences[start : start + spec.global_batch])
@@ -57,8 +61,10 @@ def vector_reliance(
         raise ValueError("vector reliance needs at least 2 held-out sequences (to shuffle vectors between)")
     dims = tuple((name, cfg.input_dim) for name, cfg in model.config.adapters)
     spec = fitted_spec(sequences, dims, batch_size)
-    true_loss, counts = per_row_losses(model, params, sequences, spec, pad_id)
-    shuffled_loss, _ = per_row_losses(model, params, shuffled_vectors(sequences), spec, pad_id)
+    # One compiled program for both passes (same shapes).
+    fn = jax.jit(lambda p, b: row_losses(model, p, jax.tree.map(lambda x: x[0], b))[:2])
+    true_loss, counts = per_row_losses(fn, params, sequences, spec, pad_id)
+    shuffled_loss, _ = per_row_losses(fn, params, shuffled_vectors(sequences), spec, pad_id)
     counts = np.maximum(counts, 1.0)
     tasks = np.array([s.task for s in sequences])
     out = {}
