@@ -3,5 +3,5 @@
 # Extra arguments go to the job, e.g. --config.generate.max_new_tokens=16
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launch/setup_env.sh
+source launch/setup_env.sh ""  # an explicit (empty) extra: a bare `source` would pass this script's arguments
 exec "$PY" -m elm_jax.main --config=configs/default.py --workdir="${WORKDIR:-runs/default}" "$@"

