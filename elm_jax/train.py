@@ -243,23 +243,18 @@ def _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings,
     flops = train_flops_per_token(model.config.decoder, spec.seq_len, weight_grads, spec.target_window)
     peak = stage.peak_flops_per_device or peak_flops_per_device()
 
-    def totals(sequences: Sequence[TrainSequence]) -> dict[str, float]:
-        sums = None
-        for host in data.eval_batches(sequences):
-            out = evaluate(state["params"], frozen, global_batch(host, b_sh, spec))
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        return {k: float(v) for k, v in sums.items()}
+    def per_row(sequences: Sequence[TrainSequence]) -> dict[str, np.ndarray]:
+        outs = [evaluate(state["params"], frozen, global_batch(h, b_sh, spec)) for h in data.eval_batches(sequences)]
+        return {k: np.concatenate([np.asarray(o[k]) for o in outs])[: len(sequences)] for k in outs[0]}
 
     def run_eval(step: int) -> None:
         for name, sequences in (eval_sets or {}).items():
-            # Also task by task: a pooled loss hides which tasks the vector informs. Pooled = the same sums.
-            tasks = sorted({s.task for s in sequences})
-            by_task = {t: totals([s for s in sequences if s.task == t]) for t in tasks}
-            pooled = {k: sum(t[k] for t in by_task.values()) for k in ("loss_sum", "target_tokens", "correct")}
-            n = max(pooled["target_tokens"], 1.0)
-            scalars = {"loss": pooled["loss_sum"] / n, "accuracy": pooled["correct"] / n}
-            if len(tasks) > 1:
-                scalars.update({f"loss_{t}": v["loss_sum"] / max(v["target_tokens"], 1.0) for t, v in by_task.items()})
+            # Batches hold sequences in order, so row i is sequences[i]: pooled and per task from one pass
+            # (a pooled loss hides which tasks the vector informs).
+            rows, tasks = per_row(sequences), np.array([s.task for s in sequences])
+            scalars = {"loss": _token_mean(rows, "loss_sum"), "accuracy": _token_mean(rows, "correct")}
+            if len(set(tasks)) > 1:
+                scalars.update({f"loss_{t}": _token_mean(rows, "loss_sum", tasks == t) for t in sorted(set(tasks))})
             writer.write(step, scalars, prefix=name)
 
     t_last, step_last = time.perf_counter(), start
@@ -288,6 +283,11 @@ def _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings,
             ckpt.save(done, state, meta, force=done == steps)
             bar.update(1)
     return state
+
+
+def _token_mean(rows: dict[str, np.ndarray], key: str, pick: np.ndarray | slice = slice(None)) -> float:
+    """`key` summed over the picked rows, per target token."""
+    return float(rows[key][pick].sum() / max(rows["target_tokens"][pick].sum(), 1.0))
 
 
 def _vector_scales(data: Batches) -> dict[str, jax.Array]:

@@ -135,16 +135,12 @@ def make_train_step(
 
 
 def make_eval_step(model: ELM, cfg: StepConfig) -> Callable[[Any, Any, Batch], dict[str, Array]]:
-    """eval(trainable, frozen, batch) -> summed loss, target tokens and correct tokens (to pool over batches)."""
+    """eval(trainable, frozen, batch) -> per row of the flattened batch (accum_steps x micro-batch rows):
+    summed loss, target tokens and correct tokens, so callers can pool them over any grouping of rows."""
 
     def evaluate(trainable: Any, frozen: Any, batch: Batch) -> dict[str, Array]:
         params = full_params(trainable, frozen, cfg)
-
-        def one(carry, micro):
-            t, c, k = token_losses(model, params, micro)
-            return (carry[0] + t, carry[1] + c, carry[2] + k), None
-
-        (total, count, correct), _ = jax.lax.scan(one, (jnp.zeros(()),) * 3, batch)
-        return {"loss_sum": total, "target_tokens": count, "correct": correct}
+        _, (total, count, correct) = jax.lax.scan(lambda c, micro: (c, row_losses(model, params, micro)), None, batch)
+        return {"loss_sum": total.reshape(-1), "target_tokens": count.reshape(-1), "correct": correct.reshape(-1)}
 
     return evaluate

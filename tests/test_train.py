@@ -42,6 +42,11 @@ def _losses(workdir, stage="stage1", split="train"):
     return [r["loss"] for r in rows if r["split"] == split]
 
 
+def _micro(batch):
+    """The first (only) micro-batch of a collated batch."""
+    return jax.tree.map(lambda x: jnp.asarray(x[0]), batch)
+
+
 def _flat(tree):
     return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
 
@@ -65,9 +70,8 @@ def test_loss_on_the_target_window_equals_the_loss_over_all_logits(tiny):
     windowed = collate(rows, BatchSpec(3, 12, (("semantic", 4),), 1, target_len=6), pad_id=0)
     full = collate(rows, BatchSpec(3, 12, (("semantic", 4),), 1), pad_id=0)
     assert windowed["target_index"].shape == (1, 3, 6) and full["target_index"].shape == (1, 3, 11)
-    one = lambda b: jax.tree.map(lambda x: jnp.asarray(x[0]), b)
-    got = [token_losses(model, params, one(b)) for b in (windowed, full)]
-    b = one(full)
+    got = [token_losses(model, params, _micro(b)) for b in (windowed, full)]
+    b = _micro(full)
     logits, _ = model.apply({"params": params}, b["tokens"], b["soft_index"], b["vectors"], b["slot_space"], b["mask"])
     weights = np.zeros((3, 11), np.float32)
     weights[0, 4:8], weights[2, 2:8] = 1.0, 1.0  # targets: tokens 5..8 of row 0, 3..8 of row 2 (the end token)
@@ -82,15 +86,23 @@ def test_loss_on_the_target_window_equals_the_loss_over_all_logits(tiny):
 
 def test_held_out_loss_is_logged_pooled_and_per_task(tiny, tmp_path):
     model, params, sequences = tiny
-    tagged = [dataclasses.replace(s, task="odd" if i % 2 else "even") for i, s in enumerate(sequences)]
+    # Tasks in runs of unequal length and 21 rows (3 batches of 8, the last one padded): the per-task losses come
+    # from one pass over the rows in order, so a misplaced row would move loss between tasks.
+    names = ["a"] * 5 + ["b"] * 9 + ["c"] * 7
+    tagged = [dataclasses.replace(s, task=t) for s, t in zip(sequences, names)]
     data = Batches(tagged, _spec(), pad_id=0, seed=0)
     mesh = shd.make_mesh({"data": -1})
-    train_stage(model, params, _stage(steps=2), data, mesh, tmp_path, eval_sets={"eval": tagged, "plain": sequences})
+    untagged = [dataclasses.replace(s, task="") for s in tagged]
+    eval_sets = {"eval": tagged, "plain": untagged}
+    out = train_stage(model, params, _stage(steps=2), data, mesh, tmp_path, eval_sets=eval_sets)
     rows = [json.loads(line) for line in (tmp_path / "stage1" / "logs" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if r["split"] == "eval"][-1]
-    # Every row has 4 target tokens (3 + the end token) and the tasks 12 rows each: pooled = their mean.
-    assert last["loss"] == pytest.approx((last["loss_odd"] + last["loss_even"]) / 2, rel=1e-5)
-    assert last["loss_odd"] != pytest.approx(last["loss_even"])
+    for task in "abc":
+        subset = [s for s in tagged if s.task == task]
+        total, count, _ = token_losses(model, out, _micro(collate(subset, _spec(batch=len(subset)), pad_id=0)))
+        assert last[f"loss_{task}"] == pytest.approx(float(total / count), rel=1e-5)
+    # Every row has 4 target tokens (3 + the end token): pooled = the row-weighted mean of the tasks.
+    assert last["loss"] == pytest.approx((5 * last["loss_a"] + 9 * last["loss_b"] + 7 * last["loss_c"]) / 21, rel=1e-5)
     plain = [r for r in rows if r["split"] == "plain"][-1]  # one task (untagged): only the pooled loss
     assert plain["loss"] == pytest.approx(last["loss"], rel=1e-5) and not any(k.startswith("loss_") for k in plain)
 
