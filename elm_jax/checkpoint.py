@@ -1,8 +1,9 @@
 """Training checkpoints (Orbax) and the adapter-only export format.
 
 A training checkpoint holds exactly the train state of `elm_jax.train_step` (step, trainable params,
-optimizer state, RNG) plus JSON metadata (stage, examples seen, the config). Frozen weights are not in it:
-stage 1 saves only the adapters, and the pretrained LLM is named by the config. Saves are asynchronous,
+optimizer state, RNG) plus JSON metadata (stage, step, examples seen). Frozen weights are not in it: stage 1
+saves only the adapters, and the pretrained LLM is named by the config (the settings the weights depend on
+are recorded beside the stages, in `elm_jax.training_record`). Saves are asynchronous,
 every `save_every` steps and at the end, keeping the last `keep`. Restores go into abstract targets that
 carry the *current* mesh's shardings, so a run saved on 8 devices resumes on 4 or 1.
 

@@ -30,7 +30,9 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from elm_jax import sharding as shd
-from elm_jax.checkpoint import Checkpointer, abstract_like, export_adapters
+from elm_jax import training_record
+from elm_jax.checkpoint import Checkpointer, abstract_like, export_adapters, latest_step
+from elm_jax.data.catalog import fingerprint
 from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence, fitted_spec
 from elm_jax.lora import LoraConfig, apply_lora, init_lora
 from elm_jax.models.adapter import AdapterConfig
@@ -362,6 +364,8 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
     stages = [stage_from_config(name, config[name], config.seed) for name in config.train.stages]
     mesh = shd.make_mesh(config.mesh)
     catalog, tasks = prepare.run_once(config, workdir, mesh)
+    trained = any(latest_step(pathlib.Path(workdir) / s.name / "checkpoints") is not None for s in stages)
+    training_record.check_or_write(config, workdir, fingerprint(catalog), trained)
     registry = {t.name: t for t in tasks}
     targets = {
         s: targets_lib.read_jsonl(workdir / "targets" / f"{s}.jsonl", catalog, registry) for s in ("train", "test")

@@ -16,8 +16,9 @@ import flax.linen as nn
 from jax.sharding import Mesh
 
 from elm_jax import sharding as shd
+from elm_jax import training_record
 from elm_jax.checkpoint import abstract_like, latest_step, restore_params
-from elm_jax.data.catalog import Catalog
+from elm_jax.data.catalog import Catalog, fingerprint
 from elm_jax.data.tasks import Task
 from elm_jax.lora import apply_lora
 from elm_jax.models.elm import ELM
@@ -88,6 +89,8 @@ def load(config: Any, workdir: pathlib.Path, mesh: Mesh, *, encoder=None, untrai
     from elm_jax.weights.pretrained import load_configured_decoder
 
     catalog, tasks = prepare.run_once(config, workdir, mesh, encoder)
+    if not untrained:
+        training_record.check(config, workdir, fingerprint(catalog))
     llm = load_configured_decoder(config.llm, mesh)
     model, params = build_elm(config, catalog, tasks, llm)
     stages: list[tuple[str, int]] = []

@@ -71,6 +71,7 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-4000:]
     assert "evaluating stage1 (step 3), stage2 (step 2)" in evaluated.stdout
     report = json.loads((work / "eval" / "metrics.json").read_text())
+    report_time = (work / "eval" / "metrics.json").stat().st_mtime
     assert set(report["tasks"]) == {"summary", "user_profile"}
     reliance = json.loads((work / "eval" / "vector_reliance.json").read_text())
     assert {k: r["rows"] for k, r in reliance.items()} == {"summary": 2, "user_profile": 2, "all": 4}
@@ -81,6 +82,13 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
     assert "stage1: already finished (step 3)" in second.stderr
     assert "stage2: already finished (step 2)" in second.stderr
     assert len(_rows(work / "stage2" / "logs" / "metrics.jsonl")) == len(rows)
+
+    # The weights were trained for this adapter and these prompts: another setting is refused, field by field.
+    changed = _train(*args, "--config.job=evaluate", "--config.elm.adapter.activation=relu", "--config.elm.chat=false")
+    assert changed.returncode == 2, changed.stderr[-4000:]
+    assert "elm.adapter.activation: trained with 'gelu', now 'relu'" in changed.stderr
+    assert "elm.chat: trained with True, now False" in changed.stderr
+    assert (work / "eval" / "metrics.json").stat().st_mtime == report_time  # nothing rewritten
 
 
 def test_train_job_rejects_bad_stages_before_doing_any_work(tmp_path):
