@@ -8,6 +8,7 @@ Args: --config=configs/default.py:llm=gemma3-270m  (any name, .gguf file or Hugg
       --config=configs/default.py:job=train  (prepare, then stage 1 and stage 2; resumable)
       --config=configs/default.py:job=query  (talk to the trained ELM: describe, interpolate, cav, profile)
       --config=configs/default.py:job=report  (the paper's Table 2 and Figs. 3-5 on this run, as HTML)
+      --config=configs/default.py:job=export  (the trained ELM as a Hugging Face LLM folder + adapters)
 Any field: --config.generate.max_new_tokens=32 --config.mesh.tensor=2
 
 The CPU budget decides the sizes: five tasks with short targets (cut at 128 tokens with the prompt), 120
@@ -66,7 +67,7 @@ def stage_config(**fields) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, llm="smollm2-135m-instruct", job="main")
     c = ml_collections.ConfigDict()
-    c.job = args.job  # main | prepare | train | evaluate | report | query | generate
+    c.job = args.job  # main | prepare | train | evaluate | report | query | generate | export
     c.seed = 0
     c.llm = ml_collections.ConfigDict(
         dict(

@@ -161,6 +161,13 @@ def run_report(config, workdir: pathlib.Path) -> None:
     print(f"wrote {report.run(config, workdir)}")
 
 
+def run_export(config, workdir: pathlib.Path) -> None:
+    """The trained ELM as a Hugging Face LLM folder, its adapters and a prompt manifest (elm_jax/export.py)."""
+    from elm_jax import export
+
+    print(f"wrote {export.run(config, workdir)}")
+
+
 def run_main(config, workdir: pathlib.Path) -> None:
     """The whole pipeline: prepare -> stage 1 -> stage 2 -> evaluate -> report. A second run reuses every finished
     part (prepared data, finished stages, evaluated chunks), and an interrupted one resumes where it stopped."""
@@ -176,6 +183,7 @@ JOBS = {
     "query": run_query,
     "report": run_report,
     "main": run_main,
+    "export": run_export,
 }
 
 

@@ -79,6 +79,61 @@ def test_hf_folder_matches_oracle(hf_case, scan_layers):
     np.testing.assert_allclose(np.asarray(logits), _oracle(hf_case, ids), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
+def test_saved_folder_holds_the_params_in_hugging_face_layout(hf_case, scan_layers, tmp_path):
+    """Params changed after loading (as training changes them) are written where the oracle, which reads the HF
+    layout on its own, finds them: its logits on the saved folder equal the decoder's on the params."""
+    config = hf.load_config(hf_case, scan_layers=scan_layers)
+    loaded = hf.load_params(hf_case, config)
+    leaves, tree = jax.tree.flatten(loaded)
+    rng = np.random.default_rng(5)
+    changed = jax.tree.unflatten(tree, [x + 0.05 * rng.standard_normal(x.shape).astype(np.float32) for x in leaves])
+    out = hf.save_params(tmp_path / "saved", changed, config, hf_case, max_shard_bytes=20_000)
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
+    assert (out / "tokenizer.json").is_file()
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    ids = _ids()
+    logits, _ = Decoder(config).apply({"params": changed}, ids)
+    np.testing.assert_allclose(np.asarray(logits), _oracle(out, ids), atol=1e-4, rtol=0)
+    again = hf.load_params(out, hf.load_config(out, scan_layers=scan_layers))
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), changed, again)
+
+
+def test_save_params_gathers_params_sharded_over_a_mesh(tmp_path):
+    ckpt = fixtures.write_hf_checkpoint(tmp_path / "ckpt", "llama", vocab=128, tie=False)
+    loaded = pretrained.load_decoder(ckpt, shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+    out = hf.save_params(tmp_path / "saved", loaded.params, loaded.config, loaded.path)
+    assert (out / "model.safetensors").is_file() and not (out / "model.safetensors.index.json").exists()
+    saved, original = fixtures.load_hf_weights(out), fixtures.load_hf_weights(ckpt)
+    assert saved.keys() == original.keys()
+    assert all(np.array_equal(saved[k], original[k]) for k in original)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        hf.save_params(tmp_path / "x", loaded.params, loaded.config, tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_multimodal_gemma3_loads_its_decoder_and_saves_it_as_a_text_model(tmp_path):
+    from safetensors.numpy import save_file
+
+    text = fixtures.write_hf_checkpoint(tmp_path / "text", "gemma3")
+    wrapped = tmp_path / "wrapped"  # Gemma 3 4B+ layout: the decoder under text_config and language_model.
+    wrapped.mkdir()
+    for f in text.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            (wrapped / f.name).write_bytes(f.read_bytes())
+    text_config = json.loads((text / "config.json").read_text())
+    (wrapped / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": text_config}))
+    weights = fixtures.load_hf_weights(text)
+    save_file({f"language_model.{k}": v for k, v in weights.items()}, str(wrapped / "model.safetensors"))
+    config = hf.load_config(wrapped)
+    params = hf.load_params(wrapped, config)
+    out = hf.save_params(tmp_path / "saved", params, config, wrapped)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gemma3_text"
+    assert fixtures.load_hf_weights(out).keys() == weights.keys()
+    ids = _ids()
+    np.testing.assert_allclose(_logits(out, ids), _oracle(text, ids), atol=1e-4, rtol=0)
+
+
 def test_config_fields_from_hf(tmp_path):
     """The mapped config carries what the oracle reads from config.json (catches silently ignored fields)."""
     llama = hf.load_config(fixtures.write_hf_checkpoint(tmp_path / "l", "llama", tie=False, rope_type="llama3"))

@@ -1,23 +1,29 @@
-"""Hugging Face checkpoint folders (config.json + *.safetensors) -> decoder config and params.
+"""Hugging Face checkpoint folders (config.json + *.safetensors) <-> decoder config and params.
 
 This is the one canonical on-disk format: GGUF files are converted into such a folder once
 (`elm_jax.weights.gguf`). Tensors are memory-mapped and each device's shard is cut on the host
-and placed straight on that device, so a model never has to fit on a single device.
+and placed straight on that device, so a model never has to fit on a single device. `save_params` writes
+params back in the same layout (what transformers reads), shard file by shard file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import shutil
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
+from elm_jax.io_utils import atomic_dir
 from elm_jax.models.decoder import abstract_params
 from elm_jax.models.decoder_config import DecoderConfig
 
@@ -179,6 +185,112 @@ def load_params(ckpt_dir: str | os.PathLike, config: DecoderConfig, shardings: A
                 value = top(f"{prefix}layers.{i}.{hf_suffix}", transform, leaf, get_sharding((name,) + path))
                 _assign(params, (name,) + path, value)
     return params
+
+
+# Files of a checkpoint folder that hold weights; everything else (config, tokenizer, chat template) is copied.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+
+
+def _to_hf(ours: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
+    """Inverse of the loader's layout transforms (`_hf_layer_names`)."""
+    name = path[-1]
+    if name in ("q_kernel", "k_kernel", "v_kernel"):  # (d, heads, head_dim) -> (heads * head_dim, d)
+        return ours.reshape(ours.shape[0], -1).T
+    if name == "o_kernel":  # (heads, head_dim, d) -> (d, heads * head_dim)
+        return ours.reshape(-1, ours.shape[-1]).T
+    if name.endswith("kernel") or name == "lm_head":
+        return ours.T
+    return ours
+
+
+def _hf_tensors(config: DecoderConfig) -> dict[str, tuple[tuple[str, ...], int | None]]:
+    """HF tensor name -> (our param path, layer index into a scanned stack or None), in checkpoint order."""
+    out = {"model.embed_tokens.weight": (("embedding",), None)}
+    for i in range(config.num_layers):
+        for path, (hf_suffix, _) in _hf_layer_names(config).items():
+            ours = (("layers",) + path, i) if config.scan_layers else ((f"layers_{i}",) + path, None)
+            out[f"model.layers.{i}.{hf_suffix}"] = ours
+    out["model.norm.weight"] = (("final_norm", "scale"), None)
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = (("lm_head",), None)
+    return out
+
+
+def _host_value(x: jax.Array, layer: int | None) -> np.ndarray:
+    """One (layer of a) param as float32 numpy on this host, gathered from other hosts' shards if need be."""
+    x = _layer_of(x, layer) if layer is not None else x  # jitted: the stack may span hosts
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x), np.float32)
+
+
+@jax.jit
+def _layer_of(stack: jax.Array, layer: int) -> jax.Array:
+    return stack[layer]
+
+
+def save_params(
+    out_dir: str | os.PathLike,
+    params: dict,
+    config: DecoderConfig,
+    source_dir: str | os.PathLike,
+    *,
+    max_shard_bytes: int = 4 * 2**30,
+) -> pathlib.Path:
+    """Writes `params` of `Decoder(config)` as a Hugging Face folder: float32 safetensors (an index and shards
+    above `max_shard_bytes`) beside the config, tokenizer and chat template copied from `source_dir`, the folder
+    the model was loaded from. The folder appears whole or not at all; one process writes, all take part."""
+    source = pathlib.Path(source_dir)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {source}, the folder the model was loaded from")
+    names = _hf_tensors(config)
+    sizes = {}
+    for name, (path, layer) in names.items():
+        shape = _lookup(params, path).shape
+        sizes[name] = 4 * int(np.prod(shape[1:] if layer is not None else shape))
+    shards: list[list[str]] = [[]]
+    filled = 0
+    for name in names:
+        if shards[-1] and filled + sizes[name] > max_shard_bytes:
+            shards.append([])
+            filled = 0
+        shards[-1].append(name)
+        filled += sizes[name]
+    files = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    )
+    primary = jax.process_index() == 0
+    with atomic_dir(out_dir) if primary else contextlib.nullcontext() as tmp:
+        for file, shard in zip(files, shards):
+            tensors = {n: _host_value(_lookup(params, names[n][0]), names[n][1]) for n in shard}
+            tensors = {n: np.ascontiguousarray(_to_hf(w, names[n][0])) for n, w in tensors.items()}
+            if primary:
+                save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        if primary:
+            if len(shards) > 1:
+                index = {
+                    "metadata": {"total_size": sum(sizes.values())},
+                    "weight_map": {n: f for f, shard in zip(files, shards) for n in shard},
+                }
+                (tmp / _INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            for f in sorted(source.iterdir()):
+                if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.name != _INDEX:
+                    shutil.copy2(f, tmp / f.name)
+            (tmp / "config.json").write_text(json.dumps(_decoder_only(tmp / "config.json"), indent=2) + "\n")
+    return pathlib.Path(out_dir)
+
+
+def _decoder_only(config_path: pathlib.Path) -> dict:
+    """The source's config.json for the exported decoder: float32, and a multimodal Gemma 3's text part alone
+    (the export holds only its decoder, under the plain `model.` prefix)."""
+    hf_config = json.loads(config_path.read_text())
+    if "text_config" in hf_config:
+        hf_config = {**hf_config["text_config"], "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]}
+    for key in ("torch_dtype", "dtype"):
+        hf_config[key] = "float32"
+    return hf_config
 
 
 def _lookup(tree: Any, path: tuple[str, ...]) -> Any:
