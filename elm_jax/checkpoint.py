@@ -1,7 +1,8 @@
 """Training checkpoints (Orbax) and the adapter-only export format.
 
 A training checkpoint holds exactly the train state of `elm_jax.train_step` (step, trainable params,
-optimizer state, RNG) plus JSON metadata (stage, step, examples seen). Frozen weights are not in it: stage 1
+optimizer state, RNG) plus JSON metadata (stage, step, examples seen, and the id of the training run, kept
+across resumes, which tells apart two runs that reached the same step). Frozen weights are not in it: stage 1
 saves only the adapters, and the pretrained LLM is named by the config (the settings the weights depend on
 are recorded beside the stages, in `elm_jax.training_record`). Saves are asynchronous,
 every `save_every` steps and at the end, keeping the last `keep`. Restores go into abstract targets that
@@ -17,8 +18,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -27,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from elm_jax.io_utils import atomic_dir
 from elm_jax.models.adapter import AdapterConfig
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -84,17 +84,9 @@ def export_adapters(
         flat = traverse_util.flatten_dict(params[key], sep="/")
         tensors.update({f"{name}/{k}": np.asarray(jax.device_get(v), np.float32) for k, v in flat.items()})
     config = {"adapters": {name: dataclasses.asdict(cfg) for name, cfg in adapters}, "format_version": 1}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS))
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -143,13 +135,14 @@ def latest_step(directory: str | os.PathLike) -> int | None:
         manager.close()
 
 
-def restore_params(directory: str | os.PathLike, step: int, abstract_params: Any) -> Any:
-    """Only the trainable params of a training checkpoint (no optimizer state is read), on the given shardings."""
+def restore_params(directory: str | os.PathLike, step: int, abstract_params: Any) -> tuple[Any, dict]:
+    """Only the trainable params of a training checkpoint (no optimizer state is read), on the given shardings,
+    and the checkpoint's metadata."""
     manager = _reader(directory)
     try:
         item = {"params": abstract_params}
         restore = ocp.args.PyTreeRestore(item, ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)
-        args = ocp.args.Composite(state=restore)
-        return manager.restore(step, args=args).state["params"]
+        out = manager.restore(step, args=ocp.args.Composite(state=restore, meta=ocp.args.JsonRestore()))
+        return out.state["params"], dict(out.meta)
     finally:
         manager.close()

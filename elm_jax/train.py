@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import pathlib
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from elm_jax import training_record
 from elm_jax.checkpoint import Checkpointer, abstract_like, export_adapters, latest_step
 from elm_jax.data.catalog import fingerprint
 from elm_jax.data.train_batches import Batches, BatchSpec, TrainSequence, fitted_spec
+from elm_jax.eval.metrics import shuffled_control
 from elm_jax.lora import LoraConfig, apply_lora, init_lora
 from elm_jax.models.adapter import AdapterConfig
 from elm_jax.models.elm import ELM, ELMConfig, init_params
@@ -137,17 +139,36 @@ def _log_memory(compiled, what: str) -> None:
     )
 
 
-def shuffled_vectors(sequences: Sequence[TrainSequence]) -> list[TrainSequence]:
-    """The same sequences with every vector taken from the next example of the same task: the control that
-    shows whether the model reads the vector at all."""
-    by_shape: dict[tuple, list[int]] = {}
+def shuffled_vectors(sequences: Sequence[TrainSequence], seed: int = 0) -> list[TrainSequence]:
+    """The same sequences, each given the vectors of another entity read through the same embedding spaces: the
+    control that shows whether the model reads the vector at all.
+
+    Deranged by content (`metrics.shuffled_control`), so a row never keeps its own vectors, even when its entity
+    appears in several rows. Raises ValueError where that is impossible (a space layout with one row).
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
     for i, s in enumerate(sequences):
-        by_shape.setdefault((s.spaces, s.target_start, tuple(s.soft_index[: s.target_start])), []).append(i)
+        groups.setdefault(s.spaces, []).append(i)
     out = list(sequences)
-    for group in by_shape.values():
-        for i, j in zip(group, group[1:] + group[:1]):
-            out[i] = dataclasses.replace(sequences[i], vectors=sequences[j].vectors)
+    for spaces, rows in groups.items():
+        content = np.stack([np.concatenate([np.ravel(v) for v in sequences[i].vectors]) for i in rows])
+        try:
+            perm = shuffled_control(content, seed)
+        except ValueError as e:
+            message = f"cannot shuffle the vectors of the {len(rows)} rows reading spaces {spaces}: {e}"
+            raise ValueError(message) from None
+        for i, j in zip(rows, perm):
+            out[i] = dataclasses.replace(sequences[i], vectors=sequences[rows[j]].vectors)
     return out
+
+
+def even_pick(tasks: Sequence[str], n: int, seed: int) -> np.ndarray:
+    """Sorted indices of up to `n` rows spread evenly over the tasks (`tasks[i]` is row i's), seeded."""
+    rng = np.random.default_rng(seed)
+    names = sorted(set(tasks))
+    by_task = [rng.permutation(np.flatnonzero(np.asarray(tasks) == t)) for t in names]
+    quota = [n // len(names) + (k < n % len(names)) for k in range(len(names))] if names else []
+    return np.sort(np.concatenate([rows[:q] for rows, q in zip(by_task, quota)] or [np.zeros(0, np.int64)]))
 
 
 def train_stage(
@@ -194,8 +215,10 @@ def train_stage(
                 "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
             }
             state, meta = ckpt.restore(start, abstract_like(abstract, state_sh))
+            run = meta.get("run") or uuid.uuid4().hex
             logging.info("%s: restored step %d (%s examples seen)", stage.name, start, meta.get("examples_seen"))
         else:
+            run = uuid.uuid4().hex  # this training's id, kept in every checkpoint of it (and across resumes)
             state = {
                 "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
                 # A copy: the step donates the state, and the caller's arrays must survive it.
@@ -205,10 +228,10 @@ def train_stage(
             }
         del trainable
         if start < stage.optim.steps:
-            writer = MetricsWriter(workdir / "logs")
+            writer = MetricsWriter(workdir / "logs", resume_step=start)
             try:
                 shardings = (state_sh, f_sh, b_sh)
-                state = _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings, eval_sets)
+                state = _loop(model, stage, tx, state, frozen, data, start, run, ckpt, writer, shardings, eval_sets)
             finally:
                 writer.close()
         else:
@@ -224,7 +247,7 @@ def train_stage(
     return apply_lora(full, lora) if lora else full
 
 
-def _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings, eval_sets) -> dict:
+def _loop(model, stage, tx, state, frozen, data, start, run, ckpt, writer, shardings, eval_sets) -> dict:
     """Steps `start`..`steps` of a stage: AOT-compiled step, logging, periodic eval and async checkpoints."""
     state_sh, f_sh, b_sh = shardings
     t_sh, replicated = state_sh["params"], state_sh["step"]
@@ -279,10 +302,12 @@ def _loop(model, stage, tx, state, frozen, data, start, ckpt, writer, shardings,
                 writer.write(done, scalars)
                 bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
                 t_last, step_last = time.perf_counter(), done
+            paused = time.perf_counter()
             if stage.eval_every and done % stage.eval_every == 0 or done == steps:
                 run_eval(done)
-            meta = {"stage": stage.name, "step": done, "examples_seen": done * spec.global_batch}
+            meta = {"stage": stage.name, "step": done, "examples_seen": done * spec.global_batch, "run": run}
             ckpt.save(done, state, meta, force=done == steps)
+            t_last += time.perf_counter() - paused  # tokens/s and MFU count training time only
             bar.update(1)
     return state
 
@@ -386,9 +411,13 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
         max_len=t.max_len,
     )
     train_seqs = encode(targets["train"])
-    held_out = targets["test"]  # grouped by task: score an even, seeded subset
-    pick = np.sort(np.random.default_rng(config.seed).permutation(len(held_out))[: t.eval_examples])
+    held_out = targets["test"]
+    pick = even_pick([h.task for h in held_out], t.eval_examples, config.seed)
     eval_seqs = encode([held_out[i] for i in pick])
+    try:
+        eval_sets = {"eval": eval_seqs, "eval_shuffled": shuffled_vectors(eval_seqs)} if eval_seqs else None
+    except ValueError as e:
+        raise ValueError(f"train.eval_examples={t.eval_examples}: {e}") from None
     dims = tuple((name, cfg.input_dim) for name, cfg in adapters)
     spec = fitted_spec(train_seqs + eval_seqs, dims, t.batch_size, t.accum_steps, t.max_len)
     logging.info(
@@ -399,7 +428,6 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
         spec.global_batch,
     )
     data = Batches(train_seqs, spec, loaded.tokenizer.pad_id, config.seed, jax.process_index(), jax.process_count())
-    eval_sets = {"eval": eval_seqs, "eval_shuffled": shuffled_vectors(eval_seqs)} if eval_seqs else None
     for stage in stages:
         params = train_stage(model, params, stage, data, mesh, workdir, eval_sets=eval_sets)
     return params

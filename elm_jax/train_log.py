@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 
+from elm_jax.io_utils import atomic_write_text
 from elm_jax.models.decoder_config import DecoderConfig
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor figures; see jax_anchors §2.1).
@@ -61,10 +62,20 @@ def train_flops_per_token(
     return matmul_fwd * (3 if weight_grads else 2) + attn_fwd * 3
 
 
+def _step(row: str) -> float:
+    """A metrics.jsonl row's step; a line cut short by a crash counts as past any step."""
+    try:
+        return json.loads(row)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsWriter:
     """Scalars to TensorBoard event files and `metrics.jsonl` (process 0 only), and to the Python log."""
 
-    def __init__(self, directory: str | os.PathLike, enabled: bool = True):
+    def __init__(self, directory: str | os.PathLike, enabled: bool = True, resume_step: int = 0):
+        """`resume_step`: the checkpoint a resumed run starts from; what an interrupted run logged after it is
+        dropped, since those steps run again."""
         self.directory = pathlib.Path(directory)
         self.enabled = enabled and jax.process_index() == 0
         self._tb = None
@@ -72,7 +83,11 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(str(self.directory), flush_secs=10)
+            jsonl = self.directory / "metrics.jsonl"
+            if jsonl.is_file():
+                kept = [r for r in jsonl.read_text(encoding="utf-8").splitlines() if _step(r) <= resume_step]
+                atomic_write_text(jsonl, "".join(r + "\n" for r in kept))
+            self._tb = SummaryWriter(str(self.directory), flush_secs=10, purge_step=resume_step + 1)
 
     def write(self, step: int, scalars: dict[str, Any], prefix: str = "train") -> None:
         values = {k: float(v) for k, v in scalars.items()}

@@ -29,12 +29,13 @@ from elm_jax.weights.pretrained import LoadedDecoder
 
 def restore_stages(
     model: ELM, params: dict, config: Any, workdir: pathlib.Path, mesh: Mesh, rules=shd.DEFAULT_RULES
-) -> tuple[dict, list[tuple[str, int]]]:
-    """`params` with every finished stage's trained weights laid over them; also [(stage, step), ...] restored.
+) -> tuple[dict, list[tuple[str, int]], list[str]]:
+    """`params` with every finished stage's trained weights laid over them, [(stage, step), ...] restored, and
+    each one's training-run id (two trainings to the same step differ in it).
 
     Raises if a configured stage has no checkpoint or stopped before its last step.
     """
-    done = []
+    done, runs = [], []
     for name in config.train.stages:
         stage = stage_from_config(name, config[name], config.seed)
         directory = pathlib.Path(workdir) / name / "checkpoints"
@@ -50,12 +51,13 @@ def restore_stages(
             params = {**params, "lora": nn.unbox(abstract_params(model, lora))["lora"]}
         trainable, frozen = partition(params, stage.trainable)
         t_sh, _ = partition(shardings, stage.trainable)
-        restored = restore_params(directory, step, abstract_like(trainable, t_sh))
+        restored, meta = restore_params(directory, step, abstract_like(trainable, t_sh))
         params = merge(restored, frozen)
         params = apply_lora(params, lora) if lora else params
         done.append((name, step))
+        runs.append(str(meta.get("run", "")))
         logging.info("restored %s step %d from %s", name, step, directory)
-    return params, done
+    return params, done, runs
 
 
 @dataclasses.dataclass
@@ -66,6 +68,7 @@ class TrainedELM:
     catalog: Catalog
     tasks: list[Task]  # the tasks it was trained on
     stages: list[tuple[str, int]]  # (stage, step) restored; empty for an untrained ELM
+    runs: list[str] = dataclasses.field(default_factory=list)  # the training-run id of each restored stage
 
 
 def generation_identity(config: Any, elm: TrainedELM, sampling: Any, untrained: bool) -> dict[str, Any]:
@@ -74,6 +77,7 @@ def generation_identity(config: Any, elm: TrainedELM, sampling: Any, untrained: 
     return {
         "llm": config.llm.checkpoint,
         "stages": [list(s) for s in elm.stages],
+        "runs": list(elm.runs),
         "untrained": bool(untrained),
         "chat": bool(config.elm.chat),
         "sampling": dataclasses.asdict(sampling),
@@ -94,6 +98,7 @@ def load(config: Any, workdir: pathlib.Path, mesh: Mesh, *, encoder=None, untrai
     llm = load_configured_decoder(config.llm, mesh)
     model, params = build_elm(config, catalog, tasks, llm)
     stages: list[tuple[str, int]] = []
+    runs: list[str] = []
     if not untrained:
-        params, stages = restore_stages(model, params, config, workdir, mesh)
-    return TrainedELM(model, params, llm, catalog, tasks, stages)
+        params, stages, runs = restore_stages(model, params, config, workdir, mesh)
+    return TrainedELM(model, params, llm, catalog, tasks, stages, runs)

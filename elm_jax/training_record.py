@@ -4,6 +4,10 @@ Jobs rebuild the model from the config they are given and lay the checkpointed w
 changed since training (another LLM, adapter width or activation, chat prompts, catalogue, tasks, which
 weights a stage trains) would otherwise load weights into a model they were not trained for, silently when
 the shapes still fit. The record makes that an error that names each field.
+
+`workdir/trained_with.json` holds three parts: `weights` (shared by every stage), `stages` (each trained
+stage's own fields; a config may load fewer stages, or train a new one later) and `stream` (what fixes the
+training data stream, checked only when training goes on from the checkpoints).
 """
 
 from __future__ import annotations
@@ -26,33 +30,52 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: list(value) if isinstance(value, tuple) else value}
 
 
-def weight_settings(config: Any, catalog_fingerprint: str) -> dict[str, Any]:
-    """{config field: value} of everything the trained weights depend on; the catalogue by its content."""
-    out = {"catalog": catalog_fingerprint, "llm.checkpoint": config.llm.checkpoint, "train.stages": config.train.stages}
-    out.update(_flat("elm", config.elm))
-    out.update(_flat("targets.tasks", config.targets.tasks))
-    for name in config.train.stages:
-        out[f"{name}.trainable"] = config[name].trainable
-        out.update(_flat(f"{name}.lora", config[name].lora))
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+def settings(config: Any, catalog_fingerprint: str) -> dict[str, dict]:
+    """The record of `config`: {"weights": {field: value}, "stages": {stage: {field: value}}, "stream": {...}}."""
+    weights = {"catalog": catalog_fingerprint, "llm.checkpoint": config.llm.checkpoint}
+    weights.update(_flat("elm", config.elm))
+    weights.update(_flat("targets.tasks", config.targets.tasks))
+    stages = {
+        name: {f"{name}.trainable": config[name].trainable, **_flat(f"{name}.lora", config[name].lora)}
+        for name in config.train.stages
+    }
+    stream = {
+        "seed": config.seed,
+        "train.batch_size": config.train.batch_size,
+        "train.max_len": config.train.max_len,
+        **_flat("targets.source", config.targets.source),
+        **_flat("targets.per_task", config.targets.per_task),
+        **_flat("targets.file", config.targets.file),
+    }
+    return {"weights": weights, "stages": stages, "stream": stream}
 
 
 def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    keys = sorted(set(recorded) | set(current))
     return [
         f"{k}: trained with {recorded.get(k, '(unset)')!r}, now {current.get(k, '(unset)')!r}"
-        for k in keys
+        for k in sorted(set(recorded) | set(current))
         if recorded.get(k) != current.get(k)
     ]
 
 
-def check(config: Any, workdir: pathlib.Path, catalog_fingerprint: str) -> None:
-    """Raises ValueError naming every field that differs from the record (a workdir without one passes)."""
+def _compare(recorded: dict, current: dict, resuming: bool) -> list[str]:
+    differ = _differences(recorded.get("weights", {}), current["weights"])
+    for name, fields in current["stages"].items():
+        if name in recorded.get("stages", {}):  # a stage not trained yet has nothing to disagree with
+            differ += _differences(recorded["stages"][name], fields)
+    if resuming:
+        differ += _differences(recorded.get("stream", {}), current["stream"])
+    return differ
+
+
+def check(config: Any, workdir: pathlib.Path, catalog_fingerprint: str, *, resuming: bool = False) -> None:
+    """Raises ValueError naming every field that differs from the record (a workdir without one passes).
+    `resuming`: training goes on from these checkpoints, so the data stream must match too."""
     path = pathlib.Path(workdir) / RECORD
     if not path.is_file():
         logging.warning("%s: no record of the training settings; the config is trusted to match them", path)
         return
-    differ = _differences(json.loads(path.read_text()), weight_settings(config, catalog_fingerprint))
+    differ = _compare(json.loads(path.read_text()), settings(config, catalog_fingerprint), resuming)
     if differ:
         raise ValueError(
             f"{path}: this workdir's weights were trained with other settings (catalog: the prepared data, from data.*"
@@ -62,9 +85,13 @@ def check(config: Any, workdir: pathlib.Path, catalog_fingerprint: str) -> None:
 
 
 def check_or_write(config: Any, workdir: pathlib.Path, catalog_fingerprint: str, trained: bool) -> None:
-    """Before training: checks the record when a stage has `trained` (checkpoints to resume or reuse), else writes
-    it afresh (one process writes; workdirs are shared between hosts)."""
-    if trained and (pathlib.Path(workdir) / RECORD).is_file():
-        check(config, workdir, catalog_fingerprint)
-    elif jax.process_index() == 0:
-        atomic_write_json(pathlib.Path(workdir) / RECORD, weight_settings(config, catalog_fingerprint))
+    """Before training. With checkpoints to resume or reuse (`trained`): checks the record, then adds the stages
+    this config trains for the first time. Without: writes it afresh. One process writes (workdirs are shared)."""
+    path = pathlib.Path(workdir) / RECORD
+    current = settings(config, catalog_fingerprint)
+    if trained and path.is_file():
+        check(config, workdir, catalog_fingerprint, resuming=True)
+        recorded = json.loads(path.read_text())
+        current["stages"] = {**recorded.get("stages", {}), **current["stages"]}
+    if jax.process_index() == 0:
+        atomic_write_json(path, current)

@@ -108,12 +108,12 @@ def test_two_processes_train_like_one_and_resume_from_a_shared_checkpoint(tmp_pa
         assert r["host_batch_shape"] == [1, batch // 2, multiprocess_worker.SEQ_LEN]  # only its own rows
     assert sorted(reports[0]["rows"] + reports[1]["rows"]) == list(range(batch))  # disjoint, all covered
     # Both saw the checkpoints they wrote together into the shared folder; the second run resumed from step
-    # 2 (its step 3 is logged again below) and saved, asynchronously, to the end.
+    # 2 (dropping the step 3 the first run logged, then logging it again) and saved, asynchronously, to the end.
     assert all(max(r["checkpoints_at_stop"]) == 2 and r["checkpoints_after"] == [4, 6] for r in reports)
 
     expected = {(r["split"], r["step"]): r for r in _metrics(tmp_path / "one")}
     got = _metrics(tmp_path / "pair")
-    assert [(r["split"], r["step"]) for r in got] == [("train", s) for s in (1, 2, 3, 3, 4, 5, 6)] + [("eval", 6)]
+    assert [(r["split"], r["step"]) for r in got] == [("train", s) for s in (1, 2, 3, 4, 5, 6)] + [("eval", 6)]
     for r in got:
         want = expected[r["split"], r["step"]]
         np.testing.assert_allclose(r["loss"], want["loss"], rtol=RTOL, err_msg=f"{r['split']} step {r['step']}")

@@ -168,3 +168,27 @@ def test_liked_disliked_orders_by_rating():
     assert liked == [0, 6] and disliked == [1, 4]
     liked, disliked = catalog.liked_disliked(0, n=5)
     assert liked == [0, 6, 3, 2, 4] and disliked == [1]  # never both liked and disliked
+
+
+def test_encode_targets_ends_whole_targets_and_leaves_cut_ones_open(tokenizer):
+    from elm_jax.data.targets import Target
+    from elm_jax.data.train_batches import encode_targets
+
+    catalog = Catalog(_table(), _table("user", 1), sp.csr_matrix((1, 4)), {"movie": np.array([0])})
+    task = tasks_lib.Task("t", "The cat sat on {movie}.", "", {"movie": "semantic"})
+    short, long = Target("t", ("1",), "The dog sat."), Target("t", ("2",), "The cat sat on the mat, and the dog sat.")
+    prompt = len(encode_prompt(tokenizer, task.template).tokens)
+    end = tokenizer.stop_ids[0]
+    encode = lambda targets, max_len: encode_targets(
+        catalog, {"t": task}, targets, tokenizer, ["semantic"], tokens_per_slot=1, chat=False, max_len=max_len
+    )
+    room = len(tokenizer.encode(" The dog sat.", bos=False)) + 1  # the short target and its end token just fit
+    whole, cut = encode([short, long], prompt + room)
+    assert whole.tokens[-1] == end and whole.target_start == prompt and whole.task == "t"
+    assert tokenizer.decode(whole.tokens[prompt:-1]) == " The dog sat."
+    # Cut to max_len with no end token: a cut target must not teach the model to stop mid-sentence.
+    assert len(cut.tokens) == prompt + room and end not in cut.tokens[prompt:].tolist()
+    assert tokenizer.decode(cut.tokens[prompt:]).startswith(" The cat sat")
+    np.testing.assert_array_equal(cut.vectors[0], catalog.movies.embeddings["semantic"][2])
+    with pytest.raises(ValueError, match="its prompt has"):
+        encode([short], prompt + 1)

@@ -36,7 +36,7 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
         "--config.targets.test_per_task=2",
         "--config.elm.adapter.hidden_dim=16",
         "--config.train.max_len=96",
-        "--config.train.eval_examples=4",
+        "--config.train.eval_examples=6",
         "--config.stage1.steps=3",
         "--config.stage1.warmup_steps=1",
         "--config.stage1.eval_every=2",
@@ -83,12 +83,22 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
     assert "stage2: already finished (step 2)" in second.stderr
     assert len(_rows(work / "stage2" / "logs" / "metrics.jsonl")) == len(rows)
 
+    exported = _train(*args, "--config.job=export")
+    assert exported.returncode == 0, exported.stderr[-4000:]
+    manifest = json.loads((work / "export" / "elm.json").read_text())
+    assert set(manifest["tasks"]) == {"summary", "similarities", "user_profile"} and manifest["chat"] is True
+    assert all((work / "export" / "llm" / f).is_file() for f in ("model.safetensors", "tokenizer.json", "config.json"))
+    assert [name for name, _ in import_adapters(work / "export" / "adapters")[1]] == ["behavioral", "semantic"]
+
     # The weights were trained for this adapter and these prompts: another setting is refused, field by field.
     changed = _train(*args, "--config.job=evaluate", "--config.elm.adapter.activation=relu", "--config.elm.chat=false")
     assert changed.returncode == 2, changed.stderr[-4000:]
     assert "elm.adapter.activation: trained with 'gelu', now 'relu'" in changed.stderr
     assert "elm.chat: trained with True, now False" in changed.stderr
     assert (work / "eval" / "metrics.json").stat().st_mtime == report_time  # nothing rewritten
+    # Training on from these checkpoints also needs the same data stream; evaluation does not.
+    resumed = _train(*args, "--config.train.batch_size=4")
+    assert resumed.returncode == 2 and "train.batch_size: trained with 8, now 4" in resumed.stderr
 
 
 def test_train_job_rejects_bad_stages_before_doing_any_work(tmp_path):

@@ -40,15 +40,20 @@ def test_a_trained_elm_relies_on_its_vector_task_by_task(trained):
     assert "| all | 24 |" in format_table(result)
 
 
-def test_no_gap_when_every_vector_is_the_same(trained):
-    model, params, _, sequences = trained  # also fresh adapters: the gap is exactly zero either way
-    same = [dataclasses.replace(s, vectors=sequences[0].vectors) for s in sequences]
-    for p in (params, trained[2]):
-        r = vector_reliance(model, p, same, pad_id=0, n_resamples=50)["all"]
-        assert r["loss"] == r["loss_shuffled"]
-        assert r["gap"]["mean"] == 0 and r["true_better"]["mean"] == 0  # a tie is not a win
+def test_no_gap_when_the_adapter_ignores_its_input(trained):
+    model, _, params, sequences = trained
+    # A zero output layer gives every vector the same soft token: the gap is exactly zero, and a tie is no win.
+    blind = {**params, "adapters_semantic": {**params["adapters_semantic"]}}
+    blind["adapters_semantic"]["fc2"] = {**params["adapters_semantic"]["fc2"]}
+    blind["adapters_semantic"]["fc2"]["kernel"] = np.zeros_like(params["adapters_semantic"]["fc2"]["kernel"])
+    r = vector_reliance(model, blind, sequences, pad_id=0, n_resamples=50)["all"]
+    assert r["loss"] == r["loss_shuffled"]
+    assert r["gap"]["mean"] == 0 and r["true_better"]["mean"] == 0
     with pytest.raises(ValueError, match="at least 2"):
         vector_reliance(model, params, sequences[:1], pad_id=0)
+    same = [dataclasses.replace(s, vectors=sequences[0].vectors) for s in sequences]
+    with pytest.raises(ValueError, match="cannot shuffle"):  # one entity everywhere: no other vector to give
+        vector_reliance(model, params, same, pad_id=0)
 
 
 def test_rows_of_a_last_partial_batch_are_scored_like_the_others(trained):

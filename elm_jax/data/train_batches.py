@@ -26,7 +26,7 @@ from elm_jax.tokenizer import Tokenizer
 
 @dataclasses.dataclass(frozen=True)
 class TrainSequence:
-    tokens: np.ndarray  # (n,) int32: prompt, target, end token
+    tokens: np.ndarray  # (n,) int32: prompt, target, end token (none when the target was cut to fit)
     soft_index: np.ndarray  # (n,) int32: -1 for text, else slot * k + j
     target_start: int  # index of the first target token
     vectors: tuple[np.ndarray, ...]  # one domain vector per slot
@@ -45,7 +45,8 @@ def encode_targets(
     chat: bool,
     max_len: int,
 ) -> list[TrainSequence]:
-    """One sequence per target; targets longer than `max_len` allows are cut (and counted in the log)."""
+    """One sequence per target; targets longer than `max_len` allows are cut, without an end token (and counted
+    in the log)."""
     if not tokenizer.stop_ids:
         raise ValueError("the tokenizer has no end-of-text token to end training targets with")
     end = tokenizer.stop_ids[0]  # the tokenizer's own end token (SmolLM2-Instruct: <|im_end|>)
@@ -67,13 +68,15 @@ def encode_targets(
         table = catalog.table(task.entity)
         rows = to_example(catalog, task, target).rows
         text_ids = [i for i in text_ids if i != tokenizer.bos_id]
-        room = max_len - len(prompt.tokens) - 1
-        if room < 1:
+        room = max_len - len(prompt.tokens)
+        if room < 2:
             raise ValueError(f"task {task.name!r}: its prompt has {len(prompt.tokens)} tokens; max_len={max_len}")
-        if len(text_ids) > room:
-            text_ids, cut = text_ids[:room], cut + 1
-        tokens = np.asarray(prompt.tokens + text_ids + [end], np.int32)
-        soft = np.asarray(prompt.soft_index + [-1] * (len(text_ids) + 1), np.int32)
+        # A whole target ends with the end token; a cut one does not (it must not teach stopping mid-sentence).
+        whole = len(text_ids) < room
+        text_ids = text_ids + [end] if whole else text_ids[:room]
+        cut += not whole
+        tokens = np.asarray(prompt.tokens + text_ids, np.int32)
+        soft = np.asarray(prompt.soft_index + [-1] * len(text_ids), np.int32)
         vectors = tuple(table.embeddings[task.spaces[s]][r] for s, r in zip(task.slots, rows, strict=True))
         spaces = tuple(space_names.index(task.spaces[s]) for s in task.slots)
         out.append(TrainSequence(tokens, soft, len(prompt.tokens), vectors, spaces, task.name))

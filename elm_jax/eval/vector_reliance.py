@@ -1,10 +1,10 @@
 """Does the ELM read the vector? Held-out target loss with each example's own vector against a shuffled one.
 
 Teacher-forced, so no generation is needed: the cross-entropy of held-out targets given their own vectors and
-given the vectors of other held-out examples of the same task (`train.shuffled_vectors`). Rows are compared
-pairwise: the per-row gap (shuffled minus true, nats per target token) and the share of rows whose true vector
-gives the lower loss, each with a bootstrap interval, per task and pooled. A model that ignores its vector
-scores a gap of 0 and a share of 1/2 or less (ties count against it).
+given the vectors of other held-out entities read through the same spaces (`train.shuffled_vectors`). Rows are
+compared pairwise: the per-row gap (shuffled minus true, nats per target token) and the share of rows whose true
+vector gives the lower loss, each with a bootstrap interval, per task and pooled. A model that ignores its
+vector scores a gap of 0 and a share of 1/2 or less (ties count against it).
 """
 
 from __future__ import annotations

@@ -168,6 +168,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pa
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf_path.name})
         save_gguf_tokenizer(reader, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared folder
         if out_dir.exists():  # another process finished first; keep its copy
             shutil.rmtree(tmp)
         else:
