@@ -171,6 +171,21 @@ def even_pick(tasks: Sequence[str], n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([rows[:q] for rows, q in zip(by_task, quota)] or [np.zeros(0, np.int64)]))
 
 
+def check_batch_split(spec: BatchSpec, batch_shards: int, processes: int) -> None:
+    """Each micro-batch splits over the mesh's batch shards, and each host builds a distinct block of rows: the
+    batch axes must span the hosts (a batch replicated across hosts would need every host to build all rows)."""
+    if spec.micro_batch % batch_shards:
+        raise ValueError(
+            f"train.batch_size / train.accum_steps = {spec.micro_batch} is not divisible by the {batch_shards} "
+            "batch shards of the mesh"
+        )
+    if batch_shards % processes:
+        raise ValueError(
+            f"the mesh has {batch_shards} batch shards (data x fsdp) for {processes} processes: the batch axes must "
+            "split over the hosts; keep mesh.tensor within a host"
+        )
+
+
 def train_stage(
     model: ELM,
     params: dict,
@@ -184,12 +199,7 @@ def train_stage(
 ) -> dict:
     """Runs (or resumes, or skips if finished) one stage; returns the full params after it (LoRA folded in)."""
     workdir = pathlib.Path(workdir) / stage.name
-    shards = shd.batch_divisor(mesh, rules)
-    if data.spec.micro_batch % shards:
-        raise ValueError(
-            f"train.batch_size / train.accum_steps = {data.spec.micro_batch} is not divisible by the {shards} "
-            "batch shards of the mesh"
-        )
+    check_batch_split(data.spec, shd.batch_divisor(mesh, rules), jax.process_count())
     lora = stage.step.lora
     if lora is not None and "lora" not in params:
         params = add_lora(model, params, lora, mesh, rules, stage.seed)

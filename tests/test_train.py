@@ -15,7 +15,7 @@ from elm_jax.checkpoint import export_adapters, import_adapters
 from elm_jax.data.train_batches import Batches, BatchSpec, collate, example_indices, host_rows
 from elm_jax.lora import LoraConfig, apply_lora
 from elm_jax.optim import OptimConfig, make_optimizer, partition
-from elm_jax.train import StageConfig, add_lora, even_pick, shuffled_vectors, train_stage
+from elm_jax.train import StageConfig, add_lora, check_batch_split, even_pick, shuffled_vectors, train_stage
 from elm_jax.train_step import StepConfig, token_losses
 from tests import fixtures
 
@@ -105,6 +105,14 @@ def test_held_out_loss_is_logged_pooled_and_per_task(tiny, tmp_path):
     assert last["loss"] == pytest.approx((5 * last["loss_a"] + 9 * last["loss_b"] + 7 * last["loss_c"]) / 21, rel=1e-5)
     plain = [r for r in rows if r["split"] == "plain"][-1]  # one task (untagged): only the pooled loss
     assert plain["loss"] == pytest.approx(last["loss"], rel=1e-5) and not any(k.startswith("loss_") for k in plain)
+
+
+def test_batch_split_names_what_does_not_divide():
+    check_batch_split(_spec(batch=8), batch_shards=4, processes=2)
+    with pytest.raises(ValueError, match="8 is not divisible by the 3 batch shards"):
+        check_batch_split(_spec(batch=8), batch_shards=3, processes=1)
+    with pytest.raises(ValueError, match="2 batch shards .* for 4 processes"):
+        check_batch_split(_spec(batch=8), batch_shards=2, processes=4)
 
 
 def test_lr_multipliers_scale_the_update_of_matching_paths():
