@@ -176,12 +176,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Talking to embeddings (elm_jax/query.py): one query per run, written to workdir/queries/<name>.jsonl.
     c.query = ml_collections.ConfigDict(
         dict(
-            kind="describe",  # describe | interpolate | cav | profile
+            kind="describe",  # describe | interpolate | cav | profile | compare
             name=ml_collections.config_dict.placeholder(str),  # the output file's name; default: the kind
-            entities=(),  # entity ids (or exact titles); interpolate takes 2 in all, cav 1 (with vector_file rows)
+            entities=(),  # ids or titles; interpolate takes 2 in all, cav 1 (with vector_file rows), compare pairs
             vector_file=ml_collections.config_dict.placeholder(str),  # raw vectors: .npy or JSON, one per row
             entity_kind=ml_collections.config_dict.placeholder(str),  # movie | user; default: the task's
-            task=ml_collections.config_dict.placeholder(str),  # a one-slot task; default: summary / user_profile
+            task=ml_collections.config_dict.placeholder(str),  # default: summary / user_profile; compare: similarities
             prompt=ml_collections.config_dict.placeholder(str),  # or a free-form prompt: "Describe {movie}."
             space=ml_collections.config_dict.placeholder(str),  # for a prompt; default: what the ELM trained on
             alphas=(0.0, 0.25, 0.5, 0.75, 1.0),  # interpolate: (1 - a) * x + a * y; cav: x + a * gap * v

@@ -4,8 +4,10 @@
     interpolate  two entities (or vectors) and alphas -> texts about (1 - alpha) * a + alpha * b (Figs. 3-4)
     cav          an entity and a tag concept and alphas -> texts about w + alpha * gap * v_concept (Figs. 4-5)
     profile      user embeddings -> ten-bullet taste profiles (the user_profile task)
+    compare      pairs of entities or vectors + a two-slot task or prompt -> texts (the paper's pair tasks)
 
-Every text is scored against the very vector the ELM was given, so hypothetical points are graded like real ones:
+Every text is scored against the very vector the ELM was given, so hypothetical points are graded like real ones
+(a pair's text against the pair's mean vector, as the evaluation scores pair tasks):
 
     sc           vectors in the semantic space (the text encoder's): cosine of the encoded text with the vector
     bc_ndcg      user vectors: NDCG@k (settings.ndcg_k) of all movies ranked by cosine between the text and
@@ -47,10 +49,11 @@ if TYPE_CHECKING:
 
     from elm_jax.trained import TrainedELM
 
-KINDS = ("describe", "interpolate", "cav", "profile")
+KINDS = ("describe", "interpolate", "cav", "profile", "compare")
 INTERPOLATION_RANGE = (-1.0, 2.0)  # beyond this an "interpolation" is a long extrapolation
 CAV_LIMIT = 5.0  # |alpha| in CAV gaps: 1 moves a typical untagged item as far as a typical tagged one sits
 DEFAULT_TASKS = {"movie": "summary", "user": "user_profile"}
+DEFAULT_PAIR_TASK = "similarities"
 METRICS = {
     "sc": "semantic consistency: cosine of the encoded text with the vector given to the ELM",
     "bc_ndcg": "behavioral consistency: NDCG@k of all movies ranked by similarity to the text, graded by the CF "
@@ -67,7 +70,7 @@ Encoder = Callable[[Sequence[str]], np.ndarray]
 class Answer:
     """One generated text with what it was asked about and how consistent it is with that vector."""
 
-    query: str  # describe | interpolate | cav | profile
+    query: str  # describe | interpolate | cav | profile | compare
     template: str  # the ELM prompt, with its {slot}
     entity_kind: str  # movie | user
     space: str  # the embedding space of the vector
@@ -223,7 +226,7 @@ class Talker:
             raise ValueError("targets: give at least one entity id or vector")
         vectors, labels = self._vectors(p, targets, [f"targets[{i}]" for i in range(len(targets))])
         inputs = [{"target": label} for label in labels]
-        return self._answer("describe", p, vectors, [_name(x) for x in labels], inputs)
+        return self._answer("describe", p, vectors[:, None], [_name(x) for x in labels], inputs)
 
     def profile(self, users: Target | Sequence[Target]) -> list[Answer]:
         """A ten-bullet taste profile per user (id or behavioral vector): the user_profile task."""
@@ -247,7 +250,8 @@ class Talker:
         (va, vb), (la, lb) = self._vectors(p, [a, b], ["a", "b"])
         vectors = np.stack([(1 - alpha) * va + alpha * vb for alpha in alphas])
         subjects = [f"{_name(la)} -> {_name(lb)}, alpha {alpha:g}" for alpha in alphas]
-        return self._answer("interpolate", p, vectors, subjects, [{"a": la, "b": lb, "alpha": x} for x in alphas])
+        inputs = [{"a": la, "b": lb, "alpha": x} for x in alphas]
+        return self._answer("interpolate", p, vectors[:, None], subjects, inputs)
 
     def cav(
         self,
@@ -276,14 +280,45 @@ class Talker:
         vectors = move(np.repeat(vector[None], len(alphas), 0), c, np.asarray(alphas))
         subjects = [f"{_name(label)} + {alpha:g} x {concept!r}" for alpha in alphas]
         inputs = [{"target": label, "concept": concept, "alpha": alpha, "cav_accuracy": c.accuracy} for alpha in alphas]
-        return self._answer("cav", p, vectors, subjects, inputs)
+        return self._answer("cav", p, vectors[:, None], subjects, inputs)
+
+    def compare(
+        self,
+        pairs: Sequence[tuple[Target, Target]],
+        *,
+        task: str | None = None,
+        prompt: str | None = None,
+        entity_kind: str | None = None,
+        space: str | None = None,
+    ) -> list[Answer]:
+        """A text per pair (entity ids, exact names or raw vectors) for a two-slot task or prompt: the paper's
+        pair tasks (similarities, why_like_nn, ...) on any two points of the space, real or not."""
+        p = self._prompt(task or (None if prompt else DEFAULT_PAIR_TASK), prompt, entity_kind, space, "compare", 2)
+        pairs = [tuple(pair) for pair in pairs]
+        if not pairs or any(len(pair) != 2 for pair in pairs):
+            raise ValueError("pairs: give at least one pair of two entity ids or vectors")
+        flat = [t for pair in pairs for t in pair]
+        fields = [f"pairs[{i}][{j}]" for i in range(len(pairs)) for j in range(2)]
+        vectors, labels = self._vectors(p, flat, fields)
+        labels = [labels[i : i + 2] for i in range(0, len(labels), 2)]
+        subjects = [f"{_name(a)} & {_name(b)}" for a, b in labels]
+        inputs = [{"a": a, "b": b} for a, b in labels]
+        return self._answer("compare", p, vectors.reshape(len(pairs), 2, -1), subjects, inputs)
 
     # Validation.
 
     def _prompt(
-        self, task: str | None, prompt: str | None, entity_kind: str | None, space: str | None, query: str
+        self,
+        task: str | None,
+        prompt: str | None,
+        entity_kind: str | None,
+        space: str | None,
+        query: str,
+        n_slots: int = 1,
     ) -> _Prompt:
-        """The template, entity kind and space of a query, checked against the ELM and the catalogue."""
+        """The template, entity kind and space of a query with `n_slots` vectors, checked against the ELM and
+        the catalogue (every slot reads the same space)."""
+        count = "exactly one" if n_slots == 1 else f"exactly {n_slots}"
         if entity_kind is not None and entity_kind not in DEFAULT_TASKS:
             raise ValueError(f"entity_kind: {entity_kind!r} is unknown; known: {', '.join(DEFAULT_TASKS)}")
         if task is not None and prompt is not None:
@@ -293,21 +328,24 @@ class Talker:
             if task not in self.tasks:
                 raise ValueError(f"task: {task!r} is unknown; known: {', '.join(self.tasks)}")
             t = self.tasks[task]
-            if len(t.slots) != 1:
-                raise ValueError(f"task: {task!r} has {len(t.slots)} slots; {query} fills exactly one")
+            if len(t.slots) != n_slots:
+                raise ValueError(f"task: {task!r} has {len(t.slots)} slots; {query} fills {count}")
+            if len(set(t.spaces.values())) != 1:
+                spaces = sorted(set(t.spaces.values()))
+                raise ValueError(f"task: {task!r} reads several spaces ({spaces}); {query} takes one")
             for name, value, wanted in (("entity_kind", entity_kind, t.entity), ("space", space, t.spaces[t.slots[0]])):
                 if value not in (None, wanted):
                     raise ValueError(f"{name}: task {task!r} takes {wanted!r}, not {value!r}")
             p = _Prompt(t.template, t.entity, t.spaces[t.slots[0]])
         else:
             slots = slot_names(prompt)
-            if len(slots) != 1:
-                raise ValueError(
-                    f"prompt: {prompt!r} has {len(slots)} slots; {query} fills exactly one, e.g. {{movie}}"
-                )
-            kind = entity_kind or (slots[0] if slots[0] in DEFAULT_TASKS else None)
+            if len(slots) != n_slots:
+                example = "{movie}" if n_slots == 1 else "{movie1} and {movie2}"
+                raise ValueError(f"prompt: {prompt!r} has {len(slots)} slots; {query} fills {count}, e.g. {example}")
+            kinds = {slot.rstrip("0123456789") for slot in slots}  # {movie1} and {movie2} are movies
+            kind = entity_kind or (kinds.pop() if len(kinds) == 1 and kinds <= set(DEFAULT_TASKS) else None)
             if kind is None:
-                raise ValueError(f"entity_kind: is {{{slots[0]}}} a movie or a user? name the slot so, or pass it")
+                raise ValueError(f"entity_kind: are {slots} movies or users? name the slots so, or pass it")
             p = _Prompt(prompt, kind, space or self._default_space(kind))
         adapters = self.elm.model.config.space_names
         if p.space not in adapters:
@@ -357,14 +395,15 @@ class Talker:
     def _answer(
         self, query: str, p: _Prompt, vectors: np.ndarray, subjects: list[str], inputs: list[dict]
     ) -> list[Answer]:
+        """Generates and scores one text per row of `vectors` (N, slots, dim); a pair is scored at its mean."""
         s = self.settings
         tokenizer = self.elm.llm.tokenizer
         encoded = encode_prompt(tokenizer, p.template, self.elm.model.config.tokens_per_slot, s.chat)
-        queries = [Query(encoded, (v.astype(np.float32),), (p.space,)) for v in vectors]
+        queries = [Query(encoded, tuple(v.astype(np.float32)), (p.space,) * len(v)) for v in vectors]
         texts = generate_elm_text(
             self.elm.model, self.elm.params, tokenizer, queries, s.sampling, seed=s.seed, batch_size=s.batch_size
         )
-        metric, scores = self.consistency(p.entity_kind, p.space, vectors, texts)
+        metric, scores = self.consistency(p.entity_kind, p.space, vectors.mean(axis=1), texts)
         return [
             Answer(query, p.template, p.entity_kind, p.space, subject, x, text, metric, _finite(score))
             for subject, x, text, score in zip(subjects, inputs, texts, scores, strict=True)
@@ -461,6 +500,11 @@ def run(config: Any, workdir: str | os.PathLike) -> pathlib.Path:
     if q.vector_file:
         targets += list(load_vectors(q.vector_file))
     need = {"interpolate": 2, "cav": 1}.get(q.kind)
+    if q.kind == "compare" and (not targets or len(targets) % 2):
+        raise ValueError(
+            f"query.entities, query.vector_file: compare takes pairs (an even number of entities or vectors in "
+            f"all, taken two by two), got {len(targets)}"
+        )
     if not targets or (need and len(targets) != need):
         raise ValueError(
             f"query.entities, query.vector_file: {q.kind} takes {need or 'at least 1'} entities or vectors in all, "
@@ -481,6 +525,8 @@ def run(config: Any, workdir: str | os.PathLike) -> pathlib.Path:
         answers = talker.describe(targets, **common)
     elif q.kind == "profile":
         answers = talker.profile(targets)
+    elif q.kind == "compare":
+        answers = talker.compare(list(zip(targets[::2], targets[1::2])), **common)
     elif q.kind == "interpolate":
         answers = talker.interpolate(*targets, list(q.alphas), **common, force=q.force)
     else:

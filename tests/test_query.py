@@ -182,6 +182,31 @@ def test_cav_moves_movies_in_sc_and_users_in_predicted_ratings(talker, generatio
     np.testing.assert_allclose([a.consistency for a in user], _user_ndcg(talker, user, moved), rtol=1e-5)
 
 
+def test_compare_asks_a_pair_task_about_two_points_and_scores_their_mean(talker, monkeypatch):
+    calls = []
+    real = query.generate_elm_text
+
+    def recorded(*args, **kwargs):
+        calls.append([(q.vectors, q.spaces) for q in args[3]])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(query, "generate_elm_text", recorded)
+    semantic = talker.elm.catalog.movies.embeddings["semantic"]
+    raw = semantic[4] + 0.1
+    answers = talker.compare([(100, 102), ("Movie 3 (1983)", raw.tolist())])
+    assert len(calls) == 1 and [spaces for _, spaces in calls[0]] == [("semantic", "semantic")] * 2
+    for (given, _), pair in zip(calls[0], [(semantic[0], semantic[2]), (semantic[3], raw)]):
+        np.testing.assert_allclose(np.stack(given), np.stack(pair), rtol=1e-6, atol=1e-6)
+    assert answers[0].template == tasks_lib.registry()["similarities"].template
+    assert answers[0].subject == "Movie 0 (1980) [100] & Movie 2 (1982) [102]"
+    assert answers[1].inputs == {"a": {"id": 103, "name": "Movie 3 (1983)"}, "b": {"vector": "pairs[1][1]"}}
+    means = np.stack([(semantic[0] + semantic[2]) / 2, (semantic[3] + raw) / 2]).astype(np.float64)
+    expected = metrics.semantic_consistency(_encode(talker, answers), means)
+    np.testing.assert_allclose([a.consistency for a in answers], expected, rtol=1e-5)
+    (free,) = talker.compare([(100, 101)], prompt="How do {movie1} and {movie2} differ?")
+    assert (free.query, free.entity_kind, free.space, free.metric) == ("compare", "movie", "semantic", "sc")
+
+
 def test_a_movie_outside_the_semantic_space_gets_spearman_over_users(talker):
     (answer,) = talker.describe([104], prompt="Describe {movie}.", space="behavioral")
     catalog = talker.elm.catalog
@@ -220,7 +245,12 @@ def test_a_movie_outside_the_semantic_space_gets_spearman_over_users(talker):
             "entity_kind: task 'summary' takes 'movie', not 'user'",
         ),
         (lambda t: t.describe([100], task="summary", space="behavioral"), "space: task 'summary' takes 'semantic'"),
-        (lambda t: t.describe([100], prompt="Describe {it}."), r"entity_kind: is \{it\} a movie or a user"),
+        (lambda t: t.describe([100], prompt="Describe {it}."), r"entity_kind: are \['it'\] movies or users"),
+        (lambda t: t.compare([]), "pairs: give at least one pair"),
+        (lambda t: t.compare([(100,)]), "pairs: give at least one pair of two"),
+        (lambda t: t.compare([(100, 999)]), r"pairs\[0\]\[1\]: no movie has the id or exact name 999"),
+        (lambda t: t.compare([(100, 101)], task="summary"), "task: 'summary' has 1 slots; compare fills exactly 2"),
+        (lambda t: t.compare([(100, 101)], prompt="Is {movie} good?"), "prompt: .* has 1 slots; compare fills"),
         (
             lambda t: t.describe([100], prompt="Describe {movie}.", space="genre"),
             "space: the ELM has no adapter for 'genre'",
@@ -290,6 +320,8 @@ def test_query_job_moves_a_user_along_a_cav_and_writes_jsonl(tmp_path):
     assert (
         bad.returncode == 2 and "alphas: 9 is outside [-5, 5] for cav" in bad.stderr and "Traceback" not in bad.stderr
     )
+    odd = _query(*args, "--config.query.kind=compare", "--config.query.entities=('1','2','3')")
+    assert odd.returncode == 2 and "compare takes pairs" in odd.stderr
     assert not work.exists() or not any(work.iterdir())
 
     ok = _query(*args, "--config.query.entities=('5',)", "--config.query.alphas=(0.0,1.0)")
