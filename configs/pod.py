@@ -3,7 +3,7 @@
 Run on every host (launch/tpu_pod.sh does this):
   ELM_JAX_DISTRIBUTED=1 python -m elm_jax.main --config=configs/pod.py --workdir=/mnt/shared/runs/ml25m-2b \
       --config.llm.checkpoint=/mnt/models/gemma-3-4b-pt --config.data.path=/mnt/data/ml-25m.zip
-Args: --config=configs/pod.py:llm=/path/to/hf_folder  (Gemma 3 or Llama 2/3 Hugging Face folder)
+Args: --config=configs/pod.py:llm=/path/to/hf_folder  (a Gemma 3, Llama, Mistral or Qwen Hugging Face folder)
       --config=configs/pod.py:lora=16  (stage 2 as adapters + LoRA rank 16 instead of full fine-tuning)
 
 FSDP over every device (`fsdp=-1`), so parameters, gradients and Adam moments are split across the slice;

@@ -80,9 +80,11 @@ def learning_rate(cfg: OptimConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [cfg.warmup_steps]) if cfg.warmup_steps else after
 
 
-def _decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only: norms, biases and scalars are left alone."""
-    return traverse_util.unflatten_dict({k: v.ndim >= 2 for k, v in _flat(params).items()}, sep=SEP)
+def decay_mask(params: Any) -> Any:
+    """Weight decay on weight matrices only (kernels, the embedding and head, LoRA factors), by name: norms,
+    biases and the adapters' input statistics are left alone, also where scanned layers stack them into 2-D."""
+    decays = lambda path: path.endswith("kernel") or path.rsplit(SEP, 1)[-1] in ("embedding", "lm_head", "a", "b")
+    return traverse_util.unflatten_dict({k: decays(k) for k in _flat(params)}, sep=SEP)
 
 
 def _scale_by_rules(rules: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
@@ -103,7 +105,7 @@ def _scale_by_rules(rules: tuple[tuple[str, float], ...]) -> optax.GradientTrans
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     """AdamW with warmup + cosine (or constant) schedule, global-norm clipping and per-path lr multipliers."""
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-    parts.append(optax.adamw(learning_rate(cfg), cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=_decay_mask))
+    parts.append(optax.adamw(learning_rate(cfg), cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
     if cfg.lr_multipliers:
         parts.append(_scale_by_rules(cfg.lr_multipliers))
     return optax.chain(*parts) if len(parts) > 1 else parts[0]

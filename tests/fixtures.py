@@ -43,7 +43,13 @@ _ROPE_SCALING = {
         "original_max_position_embeddings": 64,
     },
 }
-_DEFAULT_LAYERS = {"llama": 2, "gemma3": 6}  # gemma3: HF's default pattern gives 5 sliding layers + 1 full
+_DEFAULT_LAYERS = {"llama": 2, "gemma3": 6, "mistral": 2, "qwen2": 2, "qwen3": 2}  # gemma3: 5 sliding + 1 full
+_LLAMA_LAYOUT_CONFIGS = {
+    "llama": transformers.LlamaConfig,
+    "mistral": transformers.MistralConfig,  # every layer slides when sliding_window is set
+    "qwen2": transformers.Qwen2Config,  # q/k/v biases
+    "qwen3": transformers.Qwen3Config,  # per-head q/k RMSNorm
+}
 
 
 def write_hf_checkpoint(
@@ -63,9 +69,11 @@ def write_hf_checkpoint(
     sharded: bool = False,
     **overrides,
 ) -> pathlib.Path:
-    """Write a tiny random-weight HF checkpoint (`family` "llama" or "gemma3") plus tokenizer; return the folder.
+    """Write a tiny random-weight HF checkpoint (`family` "llama", "mistral", "qwen2", "qwen3" or "gemma3") plus
+    tokenizer; return the folder.
 
-    `layers` defaults to 2 for llama and 6 for gemma3 (layers 0-4 sliding, 5 full: the real Gemma 3 pattern).
+    `layers` defaults to 2 (6 for gemma3: layers 0-4 sliding, 5 full, the real Gemma 3 pattern); Mistral gets no
+    sliding window unless `overrides` give one.
     Gemma 3 gets sliding_window 4 (so the window matters in short tests), query_pre_attn_scalar = 2 * head_dim
     (so a model that scales by head_dim is caught) and RoPE thetas 1e4 (sliding) / 1e6 (full); `rope_type`
     applies to Llama's RoPE and to Gemma's full-attention layers. `overrides` go to the config class last
@@ -109,7 +117,9 @@ def write_hf_checkpoint(
         config = transformers.Gemma3TextConfig(**{**kwargs, **overrides})
     else:
         kwargs.update(rms_norm_eps=1e-5, rope_parameters={**rope, "rope_theta": 10000.0})
-        config = transformers.LlamaConfig(**{**kwargs, **overrides})
+        if family == "mistral":
+            kwargs.update(sliding_window=None)
+        config = _LLAMA_LAYOUT_CONFIGS[family](**{**kwargs, **overrides})
     config.save_pretrained(out)
     _write_tokenizer(out, vocab)
     weights = _random_weights(np.random.default_rng(seed), config, gemma)
@@ -138,9 +148,14 @@ def _random_weights(rng: np.random.Generator, c: transformers.PretrainedConfig, 
         w[p + "self_attn.v_proj.weight"] = dense(kv_out, d)
         w[p + "self_attn.o_proj.weight"] = dense(d, q_out)
         w[p + "post_attention_layernorm.weight"] = norm(d)
-        if gemma:
+        if c.model_type == "qwen2":  # drawn apart, so the other weights are the Llama fixture's of this seed
+            biases = np.random.default_rng([i, 7])
+            for name, n in (("q", q_out), ("k", kv_out), ("v", kv_out)):
+                w[p + f"self_attn.{name}_proj.bias"] = (biases.standard_normal(n) * 0.1).astype(np.float32)
+        if gemma or c.model_type == "qwen3":
             w[p + "self_attn.q_norm.weight"] = norm(hd)
             w[p + "self_attn.k_norm.weight"] = norm(hd)
+        if gemma:
             w[p + "pre_feedforward_layernorm.weight"] = norm(d)
             w[p + "post_feedforward_layernorm.weight"] = norm(d)
         w[p + "mlp.gate_proj.weight"] = dense(f, d)

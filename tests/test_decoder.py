@@ -12,12 +12,22 @@ from elm_jax.weights import hf
 from tests import fixtures
 from tests.reference import numpy_llm
 
+# Mistral and Qwen2 with sliding windows of 4 (all layers / the second), so windows matter in short tests.
+FAMILIES = {
+    "llama": ("llama", {}),
+    "gemma3": ("gemma3", {}),
+    "mistral": ("mistral", dict(sliding_window=4)),
+    "qwen2": ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1)),
+    "qwen3": ("qwen3", {}),
+}
 
-@pytest.fixture(scope="module", params=["llama", "gemma3"])
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def tiny(request, tmp_path_factory):
     """(family, checkpoint dir) for a tiny random model of each family."""
+    family, kwargs = FAMILIES[request.param]
     out = tmp_path_factory.mktemp(request.param)
-    return request.param, fixtures.write_hf_checkpoint(out, request.param, seed=1)
+    return family, fixtures.write_hf_checkpoint(out, family, seed=1, **kwargs)
 
 
 def _load(path, **overrides):

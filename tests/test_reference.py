@@ -15,7 +15,7 @@ from tests.reference import numpy_bert, numpy_llm
 PROMPT = [66, 94, 67, 89, 96, 62]  # "The capital of France is" in the tiny tokenizer
 
 
-@pytest.fixture(scope="module", params=["llama", "gemma3"])
+@pytest.fixture(scope="module", params=["llama", "gemma3", "qwen2", "qwen3"])
 def tiny(request, tmp_path_factory):
     """(weights, config) of a tiny random model of each family."""
     d = fixtures.write_hf_checkpoint(tmp_path_factory.mktemp(request.param), request.param)

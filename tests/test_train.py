@@ -14,7 +14,7 @@ from elm_jax import sharding as shd
 from elm_jax.checkpoint import export_adapters, import_adapters
 from elm_jax.data.train_batches import Batches, BatchSpec, collate, example_indices, host_rows
 from elm_jax.lora import LoraConfig, apply_lora
-from elm_jax.optim import OptimConfig, make_optimizer, partition
+from elm_jax.optim import OptimConfig, decay_mask, make_optimizer, partition
 from elm_jax.train import StageConfig, add_lora, check_batch_split, even_pick, shuffled_vectors, train_stage
 from elm_jax.train_step import StepConfig, token_losses
 from tests import fixtures
@@ -113,6 +113,17 @@ def test_batch_split_names_what_does_not_divide():
         check_batch_split(_spec(batch=8), batch_shards=3, processes=1)
     with pytest.raises(ValueError, match="2 batch shards .* for 4 processes"):
         check_batch_split(_spec(batch=8), batch_shards=2, processes=4)
+
+
+def test_weight_decay_reaches_weight_matrices_only_even_when_scanned_layers_stack_norms(tiny):
+    _, params, _ = tiny
+    mask = _flat(decay_mask(params))
+    assert params["llm"]["layers"]["attn_norm"]["scale"].ndim == 2  # (layers, embed): 2-D, still a norm
+    assert {k for k, v in mask.items() if v} == {
+        k for k in mask if k.endswith("kernel") or k in ("llm/embedding", "llm/lm_head")
+    }
+    assert not mask["llm/layers/attn_norm/scale"] and not mask["adapters_semantic/fc1/bias"]
+    assert not mask["adapters_semantic/input_std"] and mask["llm/layers/mlp/down_kernel"]
 
 
 def test_lr_multipliers_scale_the_update_of_matching_paths():

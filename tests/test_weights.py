@@ -57,6 +57,9 @@ HF_CASES = {
     "llama-untied-llama3": ("llama", dict(tie=False, rope_type="llama3")),
     "gemma3": ("gemma3", {}),
     "gemma3-untied-softcap": ("gemma3", dict(tie=False, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    "mistral-sliding": ("mistral", dict(sliding_window=4)),  # every layer slides
+    "qwen2-sliding": ("qwen2", dict(tie=False, use_sliding_window=True, sliding_window=4, max_window_layers=1)),
+    "qwen3": ("qwen3", dict(tie=False)),
 }
 
 
@@ -143,6 +146,14 @@ def test_config_fields_from_hf(tmp_path):
     assert gemma.global_layers == (False,) * 5 + (True,)
     assert (gemma.sliding_window, gemma.rope.theta, gemma.local_rope.theta) == (4, 1e6, 1e4)
     assert gemma.query_scale == pytest.approx(16**-0.5) and gemma.embed_scale == pytest.approx(32**0.5)
+    mistral = hf.load_config(fixtures.write_hf_checkpoint(tmp_path / "m", "mistral", sliding_window=4))
+    assert (mistral.family, mistral.sliding_window, mistral.global_layers) == ("llama", 4, (False, False))
+    qwen2 = hf.load_config(fixtures.write_hf_checkpoint(tmp_path / "q2", "qwen2"))
+    assert qwen2.qkv_bias and not qwen2.qk_norm and qwen2.sliding_window is None and qwen2.global_layers == ()
+    qwen3 = hf.load_config(fixtures.write_hf_checkpoint(tmp_path / "q3", "qwen3"))
+    assert qwen3.qk_norm and not qwen3.norm_plus_one and not qwen3.qkv_bias
+    assert qwen3.num_params() == sum(w.size for w in fixtures.load_hf_weights(tmp_path / "q3").values())
+    assert qwen2.num_params() == sum(w.size for w in fixtures.load_hf_weights(tmp_path / "q2").values())
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -304,6 +315,22 @@ def test_unknown_model_type(llama_dir, model_type):
     _edit_config(llama_dir, model_type=model_type)
     with pytest.raises(ValueError, match=model_type):
         hf.load_config(llama_dir)
+
+
+@pytest.mark.parametrize(
+    "family, changes, message",
+    [
+        ("qwen3", dict(attention_bias=True), "qwen3 checkpoints with attention_bias"),
+        ("llama", dict(mlp_bias=True), "llama checkpoints with attention_bias / mlp_bias"),
+        ("mistral", dict(hidden_act="gelu"), "mistral hidden_act 'gelu' is not supported"),
+        ("qwen2", dict(layer_types=["full_attention", "chunked_attention"]), r"\['chunked_attention'\]"),
+    ],
+)
+def test_unsupported_variants_of_known_families_are_refused(tmp_path, family, changes, message):
+    ckpt = fixtures.write_hf_checkpoint(tmp_path, family)
+    _edit_config(ckpt, **changes)
+    with pytest.raises(ValueError, match=message):
+        hf.load_config(ckpt)
 
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])

@@ -1,4 +1,4 @@
-"""The embedding-conditioned decoder LLM (Llama and Gemma 3 families) as one Flax linen module.
+"""The embedding-conditioned decoder LLM (Llama-layout and Gemma 3 families) as one Flax linen module.
 
 The forward pass takes input *embeddings*, not token ids: that is how ELM places adapter outputs
 where an entity's name would stand. `embed` maps token ids into the same space (Gemma's sqrt(d)

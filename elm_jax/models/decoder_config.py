@@ -1,7 +1,7 @@
 """Architecture hyper-parameters of the decoder LLM, and their mapping from Hugging Face configs.
 
-One frozen dataclass covers the Llama family (SmolLM2, Llama 2/3) and the Gemma 3 family, so the
-Flax module has no per-family subclasses: every difference is a field.
+One frozen dataclass covers the Llama block layout (SmolLM2, Llama 2/3, Mistral, Qwen2/2.5, Qwen3) and the
+Gemma 3 family, so the Flax module has no per-family subclasses: every difference is a field.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-SUPPORTED_MODEL_TYPES = ("llama", "gemma3_text", "gemma3")
+LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3")  # pre-norm blocks, SwiGLU, RoPE: the "llama" family
+SUPPORTED_MODEL_TYPES = (*LLAMA_LAYOUT, "gemma3_text", "gemma3")
+_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,8 @@ class DecoderConfig:
     sliding_window: int | None = None
     global_layers: tuple[bool, ...] = ()  # per layer: full attention (True) or sliding window
     query_scale: float = 1.0
-    qk_norm: bool = False
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys before RoPE (Gemma 3, Qwen3)
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
     sandwich_norms: bool = False  # Gemma: extra norms after attention and after the MLP
     norm_plus_one: bool = False  # Gemma RMSNorm multiplies by (1 + w)
     embed_scale: float = 1.0  # Gemma multiplies token embeddings by sqrt(hidden_size)
@@ -112,6 +115,7 @@ class DecoderConfig:
 
     def num_params(self) -> int:
         attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        attn += self.head_dim * (self.num_heads + 2 * self.num_kv_heads) if self.qkv_bias else 0
         mlp = 3 * self.hidden_size * self.mlp_dim
         norms = self.hidden_size * (4 if self.sandwich_norms else 2) + (2 * self.head_dim if self.qk_norm else 0)
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
@@ -119,7 +123,7 @@ class DecoderConfig:
 
     @classmethod
     def from_hf(cls, hf: Any, **overrides: Any) -> DecoderConfig:
-        """Maps a transformers config (LlamaConfig, Gemma3TextConfig or a Gemma3Config) to ours."""
+        """Maps a transformers config (Llama, Mistral, Qwen2, Qwen3, Gemma3Text or a Gemma3Config) to ours."""
         model_type = getattr(hf, "model_type", None)
         if model_type == "gemma3":  # multimodal wrapper: the decoder lives in text_config
             hf, model_type = hf.text_config, "gemma3_text"
@@ -139,14 +143,32 @@ class DecoderConfig:
             rms_eps=hf.rms_norm_eps,
             tie_embeddings=bool(hf.tie_word_embeddings),
         )
-        if model_type == "llama":
+        if model_type in LLAMA_LAYOUT:
             if getattr(hf, "hidden_act", "silu") != "silu":
-                raise ValueError(f"llama hidden_act {hf.hidden_act!r} is not supported (silu)")
+                raise ValueError(f"{model_type} hidden_act {hf.hidden_act!r} is not supported (silu)")
             if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
-                raise ValueError("llama checkpoints with attention_bias / mlp_bias are not supported")
+                raise ValueError(f"{model_type} checkpoints with attention_bias / mlp_bias are not supported")
+            n = hf.num_hidden_layers
+            if model_type == "mistral":  # every layer slides when the config has a window (Mistral 7B v0.1)
+                types = ["sliding_attention" if hf.sliding_window else "full_attention"] * n
+            else:  # Qwen: layer_types derived from use_sliding_window / max_window_layers; Llama: none
+                types = list(getattr(hf, "layer_types", None) or ["full_attention"] * n)
+            unknown = sorted(set(types) - set(_LAYER_TYPES))
+            if unknown:
+                raise ValueError(f"{model_type} layer types {unknown} are not supported ({', '.join(_LAYER_TYPES)})")
+            sliding = "sliding_attention" in types
             rope = RopeConfig.from_hf(hf.rope_parameters)
             cfg = cls(
-                family="llama", activation="silu", rope=rope, local_rope=rope, query_scale=head_dim**-0.5, **common
+                family="llama",
+                activation="silu",
+                rope=rope,
+                local_rope=rope,
+                sliding_window=hf.sliding_window if sliding else None,
+                global_layers=tuple(t == "full_attention" for t in types) if sliding else (),
+                query_scale=head_dim**-0.5,
+                qk_norm=model_type == "qwen3",
+                qkv_bias=model_type == "qwen2",
+                **common,
             )
         else:
             types = list(hf.layer_types)

@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by the Llama and Gemma 3 decoders.
+"""Transformer building blocks shared by the Llama-layout (Llama, Mistral, Qwen) and Gemma 3 decoders.
 
 Parameters carry logical axis names (MaxText style); `elm_jax.sharding` maps them to mesh axes.
 Logical names: vocab, embed, heads, kv_heads, head_dim, mlp, norm, layers.
@@ -76,6 +76,11 @@ class Attention(nn.Module):
         q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dtype))
         k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dtype))
         v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dtype))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", zeros, (h, hd), ("heads", "head_dim"), pdt).astype(dtype)
+            k = k + _param(self, "k_bias", zeros, (kvh, hd), ("kv_heads", "head_dim"), pdt).astype(dtype)
+            v = v + _param(self, "v_bias", zeros, (kvh, hd), ("kv_heads", "head_dim"), pdt).astype(dtype)
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt, name="q_norm")(q)
             k = RMSNorm(cfg.rms_eps, cfg.norm_plus_one, pdt, name="k_norm")(k)

@@ -100,8 +100,13 @@ def _hf_layer_names(config: DecoderConfig) -> dict[tuple[str, ...], tuple[str, C
         names[("mlp_norm", "scale")] = ("pre_feedforward_layernorm.weight", None)
         names[("post_attn_norm", "scale")] = ("post_attention_layernorm.weight", None)
         names[("post_mlp_norm", "scale")] = ("post_feedforward_layernorm.weight", None)
+    if config.qk_norm:
         names[("attn", "q_norm", "scale")] = ("self_attn.q_norm.weight", None)
         names[("attn", "k_norm", "scale")] = ("self_attn.k_norm.weight", None)
+    if config.qkv_bias:
+        names[("attn", "q_bias")] = ("self_attn.q_proj.bias", lambda w: w.reshape(h, hd))
+        names[("attn", "k_bias")] = ("self_attn.k_proj.bias", lambda w: w.reshape(kvh, hd))
+        names[("attn", "v_bias")] = ("self_attn.v_proj.bias", lambda w: w.reshape(kvh, hd))
     return names
 
 
@@ -200,6 +205,8 @@ def _to_hf(ours: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
         return ours.reshape(-1, ours.shape[-1]).T
     if name.endswith("kernel") or name == "lm_head":
         return ours.T
+    if name.endswith("bias"):  # (heads, head_dim) -> (heads * head_dim,)
+        return ours.reshape(-1)
     return ours
 
 

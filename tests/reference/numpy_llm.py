@@ -1,9 +1,11 @@
-"""NumPy reference forward pass for Llama and Gemma 3 decoders on Hugging Face-named float32 weights.
+"""NumPy reference forward pass for Llama-layout (Llama, Mistral, Qwen2, Qwen3) and Gemma 3 decoders on Hugging
+Face-named float32 weights.
 
 This is the test oracle for the Flax model: plain, batched, recompute-everything numpy that follows the
 transformers implementations line by line (the single-sequence version in models.md §2.6 matches
-transformers+torch to 4e-5). Weights are a dict `name -> np.ndarray` in PyTorch `(out, in)` layout exactly as
-in a HF `model.safetensors`; the config is a HF config dict (`AutoConfig.from_pretrained(d).to_dict()`).
+transformers+torch to 4e-5; the Mistral/Qwen additions were checked against transformers 5.23 + torch 2.13
+on the tiny fixtures). Weights are a dict `name -> np.ndarray` in PyTorch `(out, in)` layout exactly as in a
+HF `model.safetensors`; the config is a HF config dict (`AutoConfig.from_pretrained(d).to_dict()`).
 """
 
 import math
@@ -121,8 +123,11 @@ def forward(
 
     causal = np.tril(np.ones((T, T), bool))[None] & mask[:, None, :]
     layer_types = config.get("layer_types") or ["full_attention"] * config["num_hidden_layers"]
+    if config["model_type"] == "mistral" and config.get("sliding_window"):  # Mistral: every layer slides
+        layer_types = ["sliding_attention"] * config["num_hidden_layers"]
     rope = config["rope_parameters"]  # Gemma 3: one entry per layer type
-    cos_sin = {t: _rope_cos_sin(pos, inv_freq(rope[t] if gemma else rope, hd)) for t in set(layer_types)}
+    cos_sin = {t: _rope_cos_sin(pos, inv_freq(rope[t] if gemma else rope, hd)) for t in set(layer_types)}  # Qwen,
+    # Mistral: one RoPE for all layers
     scale = config["query_pre_attn_scalar"] ** -0.5 if gemma else hd**-0.5
     attn_cap = config.get("attn_logit_softcapping")
 
@@ -130,7 +135,8 @@ def forward(
         return _rms_norm(h, weights[name], eps, gemma)
 
     def linear(h, name):
-        return h @ weights[name].T
+        bias = weights.get(name.replace(".weight", ".bias"))  # Qwen2's q/k/v projections
+        return h @ weights[name].T + (0 if bias is None else bias)
 
     for i, kind in enumerate(layer_types):
         p = f"model.layers.{i}."
@@ -138,7 +144,7 @@ def forward(
         q = linear(h, p + "self_attn.q_proj.weight").reshape(B, T, n_head, hd)
         k = linear(h, p + "self_attn.k_proj.weight").reshape(B, T, n_kv, hd)
         v = linear(h, p + "self_attn.v_proj.weight").reshape(B, T, n_kv, hd)
-        if gemma:
+        if p + "self_attn.q_norm.weight" in weights:  # Gemma 3, Qwen3: per-head RMSNorm before RoPE
             q, k = norm(q, p + "self_attn.q_norm.weight"), norm(k, p + "self_attn.k_norm.weight")
         cos, sin = cos_sin[kind]
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
