@@ -22,12 +22,21 @@ FAMILIES = {
 }
 
 
+def _tiny(name, tmp_path_factory):
+    family, kwargs = FAMILIES[name]
+    return family, fixtures.write_hf_checkpoint(tmp_path_factory.mktemp(name), family, seed=1, **kwargs)
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
+def any_family(request, tmp_path_factory):
+    """(family, checkpoint dir) of every supported family: for what differs between them (attention)."""
+    return _tiny(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
 def tiny(request, tmp_path_factory):
-    """(family, checkpoint dir) for a tiny random model of each family."""
-    family, kwargs = FAMILIES[request.param]
-    out = tmp_path_factory.mktemp(request.param)
-    return family, fixtures.write_hf_checkpoint(out, family, seed=1, **kwargs)
+    """(family, checkpoint dir) of the two block layouts: for what only the layout could break (layers, remat)."""
+    return _tiny(request.param, tmp_path_factory)
 
 
 def _load(path, **overrides):
@@ -55,8 +64,8 @@ def test_gemma_embed_is_scaled(tmp_path):
 
 
 @pytest.mark.parametrize("scan", [True, False])
-def test_matches_numpy_reference_with_left_padding(tiny, scan):
-    family, path = tiny
+def test_matches_numpy_reference_with_left_padding(any_family, scan):
+    family, path = any_family
     model, params = _load(path, scan_layers=scan)
     ids = _ids(3, 12)
     mask = np.ones_like(ids, dtype=bool)
@@ -68,8 +77,8 @@ def test_matches_numpy_reference_with_left_padding(tiny, scan):
 
 
 @pytest.mark.parametrize("scan", [True, False])
-def test_kv_cache_decoding_matches_full_recomputation(tiny, scan):
-    model, params = _load(tiny[1], scan_layers=scan)
+def test_kv_cache_decoding_matches_full_recomputation(any_family, scan):
+    model, params = _load(any_family[1], scan_layers=scan)
     ids = _ids(2, 11, seed=3)
     mask = np.ones_like(ids, dtype=bool)
     mask[0, :2] = False
