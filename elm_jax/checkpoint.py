@@ -21,13 +21,13 @@ import pathlib
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from elm_jax.io_utils import atomic_dir
 from elm_jax.models.adapter import AdapterConfig
+from elm_jax.sharding import to_host
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapters.json"
@@ -74,7 +74,8 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 def export_adapters(
     path: str | os.PathLike, params: dict, adapters: tuple[tuple[str, AdapterConfig], ...]
 ) -> pathlib.Path:
-    """Writes `adapters_<space>` params and their configs to folder `path`, atomically (all or nothing)."""
+    """Writes `adapters_<space>` params and their configs to folder `path`, atomically (all or nothing). Every
+    process calls it (adapters sharded over hosts are gathered); process 0 writes."""
     path = pathlib.Path(path)
     tensors = {}
     for name, _ in adapters:
@@ -82,7 +83,9 @@ def export_adapters(
         if key not in params:
             raise ValueError(f"params have no adapter for space {name!r}")
         flat = traverse_util.flatten_dict(params[key], sep="/")
-        tensors.update({f"{name}/{k}": np.asarray(jax.device_get(v), np.float32) for k, v in flat.items()})
+        tensors.update({f"{name}/{k}": to_host(v) for k, v in flat.items()})
+    if jax.process_index() != 0:
+        return path
     config = {"adapters": {name: dataclasses.asdict(cfg) for name, cfg in adapters}, "format_version": 1}
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS))

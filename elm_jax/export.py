@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 
 from elm_jax import sharding as shd
 from elm_jax.checkpoint import export_adapters
@@ -45,14 +44,11 @@ def write(
 ) -> pathlib.Path:
     """Writes the export folder `out` whole or not at all. Every process calls it; process 0 writes."""
     out = pathlib.Path(out)
-    adapters = {k: v for k, v in params.items() if k.startswith("adapters_")}
-    if jax.process_count() > 1:  # shards on other hosts are not addressable here
-        adapters = multihost_utils.process_allgather(adapters, tiled=True)
     primary = jax.process_index() == 0
     with atomic_dir(out) if primary else contextlib.nullcontext(out) as tmp:
         hf.save_params(tmp / "llm", params["llm"], config.decoder, llm_dir)
+        export_adapters(tmp / "adapters", params, config.adapters)
         if primary:
-            export_adapters(tmp / "adapters", adapters, config.adapters)
             spaces = {name for name, _ in config.adapters}
             manifest = {
                 "format_version": FORMAT_VERSION,

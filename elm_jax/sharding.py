@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -105,3 +106,11 @@ def batch_divisor(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) 
     spec = batch_sharding(mesh, 1, rules).spec[0]
     axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
     return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def to_host(x: Any) -> np.ndarray:
+    """An array as float32 numpy on this host, gathered from other hosts' shards where it spans several (a
+    collective then: every process must call it for the same arrays)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x), np.float32)

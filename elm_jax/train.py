@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -249,11 +248,7 @@ def train_stage(
     finally:
         ckpt.close()
     full = merge(state["params"], frozen)
-    adapters = {k: v for k, v in full.items() if k.startswith("adapters_")}
-    if jax.process_count() > 1:  # every process joins; shards on other hosts are not addressable here
-        adapters = multihost_utils.process_allgather(adapters, tiled=True)
-    if jax.process_index() == 0:
-        export_adapters(workdir / "adapters", adapters, model.config.adapters)
+    export_adapters(workdir / "adapters", full, model.config.adapters)
     return apply_lora(full, lora) if lora else full
 
 

@@ -58,16 +58,6 @@ def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
     ]
 
 
-def _compare(recorded: dict, current: dict, resuming: bool) -> list[str]:
-    differ = _differences(recorded.get("weights", {}), current["weights"])
-    for name, fields in current["stages"].items():
-        if name in recorded.get("stages", {}):  # a stage not trained yet has nothing to disagree with
-            differ += _differences(recorded["stages"][name], fields)
-    if resuming:
-        differ += _differences(recorded.get("stream", {}), current["stream"])
-    return differ
-
-
 def check(config: Any, workdir: pathlib.Path, catalog_fingerprint: str, *, resuming: bool = False) -> None:
     """Raises ValueError naming every field that differs from the record (a workdir without one passes).
     `resuming`: training goes on from these checkpoints, so the data stream must match too."""
@@ -75,7 +65,16 @@ def check(config: Any, workdir: pathlib.Path, catalog_fingerprint: str, *, resum
     if not path.is_file():
         logging.warning("%s: no record of the training settings; the config is trusted to match them", path)
         return
-    differ = _compare(json.loads(path.read_text()), settings(config, catalog_fingerprint), resuming)
+    _check(path, json.loads(path.read_text()), settings(config, catalog_fingerprint), resuming)
+
+
+def _check(path: pathlib.Path, recorded: dict, current: dict, resuming: bool) -> None:
+    differ = _differences(recorded.get("weights", {}), current["weights"])
+    for name, fields in current["stages"].items():
+        if name in recorded.get("stages", {}):  # a stage not trained yet has nothing to disagree with
+            differ += _differences(recorded["stages"][name], fields)
+    if resuming:
+        differ += _differences(recorded.get("stream", {}), current["stream"])
     if differ:
         raise ValueError(
             f"{path}: this workdir's weights were trained with other settings (catalog: the prepared data, from data.*"
@@ -90,8 +89,8 @@ def check_or_write(config: Any, workdir: pathlib.Path, catalog_fingerprint: str,
     path = pathlib.Path(workdir) / RECORD
     current = settings(config, catalog_fingerprint)
     if trained and path.is_file():
-        check(config, workdir, catalog_fingerprint, resuming=True)
         recorded = json.loads(path.read_text())
+        _check(path, recorded, current, resuming=True)
         current["stages"] = {**recorded.get("stages", {}), **current["stages"]}
     if jax.process_index() == 0:
         atomic_write_json(path, current)

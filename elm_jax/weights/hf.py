@@ -19,13 +19,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from elm_jax.io_utils import atomic_dir
 from elm_jax.models.decoder import abstract_params
 from elm_jax.models.decoder_config import DecoderConfig
+from elm_jax.sharding import to_host
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -225,10 +225,7 @@ def _hf_tensors(config: DecoderConfig) -> dict[str, tuple[tuple[str, ...], int |
 
 def _host_value(x: jax.Array, layer: int | None) -> np.ndarray:
     """One (layer of a) param as float32 numpy on this host, gathered from other hosts' shards if need be."""
-    x = _layer_of(x, layer) if layer is not None else x  # jitted: the stack may span hosts
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x), np.float32)
+    return to_host(_layer_of(x, layer) if layer is not None else x)  # jitted slice: the stack may span hosts
 
 
 @jax.jit
