@@ -5,7 +5,8 @@ variables of `elm_jax.distributed` set and JAX_NUM_CPU_DEVICES giving this proce
 loads the same tiny ELM (the model of tests/test_train.py, pickled once by `write_setup` so workers skip
 transformers and the eager initialisation), builds the same sequences, trains one stage over a mesh of all
 global devices with the workdir shared, and writes a JSON report of what it saw: process and device counts,
-the rows of each global batch it built, checkpoint steps. `train` is also the single-process reference.
+the rows of each global batch it built, checkpoint steps. It then exports the trained ELM (`elm_jax.export`:
+every process takes part, process 0 writes). `train` is also the single-process reference.
 
 `--stop-at S` first runs the stage until every process fails when asked for step S's batch, like a preempted
 job, then runs it again, which resumes from the shared checkpoint folder (in the same processes: a fresh
@@ -54,7 +55,7 @@ def write_setup(llm: pathlib.Path, out: pathlib.Path) -> None:
     decoder = hf.load_config(llm)
     model = ELM(ELMConfig(decoder, (("semantic", AdapterConfig(4, decoder.hidden_size, 16)),)))
     params = init_params(model.config, hf.load_params(llm, decoder), {"semantic": _vectors()}, jax.random.key(1))
-    out.write_bytes(pickle.dumps({"model": model, "params": jax.device_get(params)}))
+    out.write_bytes(pickle.dumps({"model": model, "params": jax.device_get(params), "llm": str(llm)}))
 
 
 def _sequences():
@@ -82,6 +83,7 @@ def train(setup: pathlib.Path, workdir: pathlib.Path, stop_at: int = -1, devices
     """Trains the stage on a mesh over `devices` (default: all global devices); returns this process's report."""
     import jax
 
+    from elm_jax import export
     from elm_jax import sharding as shd
     from elm_jax.data.train_batches import Batches, BatchSpec
     from elm_jax.optim import OptimConfig
@@ -114,8 +116,9 @@ def train(setup: pathlib.Path, workdir: pathlib.Path, stop_at: int = -1, devices
             logging.info("stopped at step %d as asked", stop_at)
         del data.host_batch
         report["checkpoints_at_stop"] = _steps(checkpoints)
-    train_stage(model, params, stage, data, mesh, workdir, eval_sets=eval_sets)
+    trained = train_stage(model, params, stage, data, mesh, workdir, eval_sets=eval_sets)
     report["checkpoints_after"] = _steps(checkpoints)
+    export.write(workdir / "export", trained, model.config, loaded["llm"], tasks=(), chat=False)
     return report
 
 

@@ -4,8 +4,9 @@ Also: which settings `elm_jax.distributed` hands to jax.distributed.initialize.
 Two worker processes (2 CPU devices each, tests/multiprocess_worker.py) join through `elm_jax.distributed`
 on a free 127.0.0.1 port, each builds only its half of every global batch, and they train one stage on a
 mesh over all 4 devices with a shared workdir, stopping at step 3 and resuming from the checkpoint the two
-wrote together. The reference is the same stage in this process on 4 of its devices. The workers have a
-deadline, so a hung collective fails the test instead of hanging it.
+wrote together, then export the trained ELM together. The reference is the same stage (and export) in this
+process on 4 of its devices. The workers have a deadline, so a hung collective fails the test instead of
+hanging it.
 """
 
 import json
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
+from safetensors.numpy import load_file
 
 from elm_jax import distributed
 from elm_jax.checkpoint import import_adapters
@@ -122,6 +124,16 @@ def test_two_processes_train_like_one_and_resume_from_a_shared_checkpoint(tmp_pa
     assert a.keys() == b.keys()
     for k, v in a.items():
         np.testing.assert_allclose(b[k], v, rtol=RTOL, atol=1e-6, err_msg=str(k))
+    # The export gathers the LLM's shards from both processes into one Hugging Face folder.
+    one, pair = (tmp_path / n / "export" for n in ("one", "pair"))
+    assert sorted(p.relative_to(pair).as_posix() for p in pair.rglob("*")) == sorted(
+        p.relative_to(one).as_posix() for p in one.rglob("*")
+    )
+    assert (pair / "elm.json").read_text() == (one / "elm.json").read_text()
+    a, b = (load_file(d / "llm" / "model.safetensors") for d in (one, pair))
+    assert a.keys() == b.keys() and len(a) > 3
+    for k, v in a.items():
+        np.testing.assert_allclose(b[k], v, rtol=RTOL, atol=1e-6, err_msg=k)
 
 
 def test_explicit_settings_keep_jax_from_second_guessing_them(monkeypatch):
