@@ -81,3 +81,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_jsonl_objects(path: pathlib.Path, expected: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a user's JSONL file; a line that is not a JSON object
+    raises an error naming it (`path:line`) and what was `expected` there."""
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object with {expected}")
+            yield line_no, row

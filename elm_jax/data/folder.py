@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from elm_jax.data.build import random_split
 from elm_jax.data.catalog import Catalog, EntityTable
 from elm_jax.data.movielens import _read_csv
-from elm_jax.io_utils import atomic_dir
+from elm_jax.io_utils import atomic_dir, read_jsonl_objects
 
 KINDS = {"movie": "movies", "user": "users"}  # entity kind -> its subfolder
 ENTITIES = "entities.jsonl"
@@ -45,38 +45,29 @@ def _read_entities(path: pathlib.Path, kind: str) -> tuple[np.ndarray, list[str]
     texts: list[str | None] = []
     lines: list[int] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with id, name and optionally text")
-            unknown = sorted(set(row) - set(_FIELDS))
-            missing = [k for k in ("id", "name") if k not in row]
-            if unknown:
-                raise ValueError(f"{where}: unknown field(s) {unknown}; the fields are id, name and (optional) text")
-            if missing:
-                raise ValueError(f"{where}: missing field(s) {missing}")
-            id_ = row["id"]
-            if isinstance(id_, bool) or not isinstance(id_, int | str) or (isinstance(id_, str) and not id_.strip()):
-                raise ValueError(f"{where}: id {id_!r} is neither an integer nor a non-empty string")
-            if ids and isinstance(id_, str) != isinstance(ids[0], str):
-                raise ValueError(f"{where}: id {id_!r} and line {lines[0]}'s id {ids[0]!r} differ in type; use one")
-            if str(id_) in first_line:
-                raise ValueError(f"{where}: duplicate id {id_!r} (first on line {first_line[str(id_)]})")
-            for field in ("name", "text"):
-                if field in row and (not isinstance(row[field], str) or not row[field].strip()):
-                    raise ValueError(f"{where}: {field} {row[field]!r} is not a non-empty string")
-            first_line[str(id_)] = line_no
-            ids.append(id_)
-            names.append(row["name"])
-            texts.append(row.get("text"))
-            lines.append(line_no)
+    for line_no, row in read_jsonl_objects(path, "id, name and optionally text"):
+        where = f"{path}:{line_no}"
+        unknown = sorted(set(row) - set(_FIELDS))
+        missing = [k for k in ("id", "name") if k not in row]
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; the fields are id, name and (optional) text")
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}")
+        id_ = row["id"]
+        if isinstance(id_, bool) or not isinstance(id_, int | str) or (isinstance(id_, str) and not id_.strip()):
+            raise ValueError(f"{where}: id {id_!r} is neither an integer nor a non-empty string")
+        if ids and isinstance(id_, str) != isinstance(ids[0], str):
+            raise ValueError(f"{where}: id {id_!r} and line {lines[0]}'s id {ids[0]!r} differ in type; use one")
+        if str(id_) in first_line:
+            raise ValueError(f"{where}: duplicate id {id_!r} (first on line {first_line[str(id_)]})")
+        for field in ("name", "text"):
+            if field in row and (not isinstance(row[field], str) or not row[field].strip()):
+                raise ValueError(f"{where}: {field} {row[field]!r} is not a non-empty string")
+        first_line[str(id_)] = line_no
+        ids.append(id_)
+        names.append(row["name"])
+        texts.append(row.get("text"))
+        lines.append(line_no)
     if not ids:
         raise ValueError(f"{path}: no {kind} entities")
     with_text = [t is not None for t in texts]

@@ -11,7 +11,6 @@ Entities are referred to by id, not row, so target files survive re-ordering of 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from elm_jax.data.catalog import Catalog
 from elm_jax.data.examples import Example, build_examples, split_rows, teacher_prompt
 from elm_jax.data.tasks import Task
-from elm_jax.io_utils import atomic_write_jsonl
+from elm_jax.io_utils import atomic_write_jsonl, read_jsonl_objects
 from elm_jax.resumable import map_in_chunks
 
 
@@ -55,32 +54,23 @@ def read_jsonl(path: str | os.PathLike, catalog: Catalog, tasks: Mapping[str, Ta
     if not path.is_file():
         raise FileNotFoundError(f"targets file {path} does not exist")
     out = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON: {e}") from e
-            if not isinstance(row, dict) or set(row) != {"task", "entities", "target"}:
-                raise ValueError(f"{where}: expected an object with exactly task, entities, target")
-            task = tasks.get(row["task"])
-            if task is None:
-                raise ValueError(f"{where}: unknown task {row['task']!r}")
-            if not isinstance(row["target"], str) or not row["target"].strip():
-                raise ValueError(f"{where}: empty target text")
-            if not isinstance(row["entities"], list) or len(row["entities"]) != len(task.slots):
-                raise ValueError(
-                    f"{where}: task {task.name!r} takes {len(task.slots)} entities, got {row['entities']!r}"
-                )
-            target = Target(task.name, tuple(str(e) for e in row["entities"]), row["target"])
-            try:
-                to_example(catalog, task, target)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-            out.append(target)
+    for line_no, row in read_jsonl_objects(path, "exactly task, entities, target"):
+        where = f"{path}:{line_no}"
+        if set(row) != {"task", "entities", "target"}:
+            raise ValueError(f"{where}: expected an object with exactly task, entities, target")
+        task = tasks.get(row["task"])
+        if task is None:
+            raise ValueError(f"{where}: unknown task {row['task']!r}")
+        if not isinstance(row["target"], str) or not row["target"].strip():
+            raise ValueError(f"{where}: empty target text")
+        if not isinstance(row["entities"], list) or len(row["entities"]) != len(task.slots):
+            raise ValueError(f"{where}: task {task.name!r} takes {len(task.slots)} entities, got {row['entities']!r}")
+        target = Target(task.name, tuple(str(e) for e in row["entities"]), row["target"])
+        try:
+            to_example(catalog, task, target)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        out.append(target)
     return out
 
 
