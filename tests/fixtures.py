@@ -30,6 +30,21 @@ TRAIN_TEXT = (
     "A movie about space travel; a film about astronauts; a recipe for lemon cake.",
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 2024.",
 )
+# Twelve short entity descriptions in the tiny tokenizers' alphabet, for catalogues of tiny end-to-end tests.
+DESCRIPTIONS = (
+    "a cat sat on the mat",
+    "the dog sat on the log",
+    "a film about astronauts",
+    "a movie about space travel",
+    "a recipe for lemon cake",
+    "the capital of france is paris",
+    "numbers one two three",
+    "a helpful assistant",
+    "the cat and the dog",
+    "space travel to paris",
+    "lemon cake for the dog",
+    "astronauts sat on the log",
+)
 
 # rope_type -> the scaling entries of `rope_parameters` (llama3 values hit all three frequency bands at head_dim 8)
 _ROPE_SCALING = {

@@ -2,10 +2,10 @@
 
 Run as `python -m tests.multiprocess_worker --setup FILE --workdir DIR --report FILE [...]` with the ELM_JAX_*
 variables of `elm_jax.distributed` set and JAX_NUM_CPU_DEVICES giving this process's devices. Every process
-loads the same tiny ELM (the model of tests/test_train.py, pickled once by `write_setup` so workers skip
-transformers and the eager initialisation), builds the same sequences, trains one stage over a mesh of all
-global devices with the workdir shared, and writes a JSON report of what it saw: process and device counts,
-the rows of each global batch it built, checkpoint steps. It then exports the trained ELM (`elm_jax.export`:
+loads the same tiny ELM and sequences (`fixtures.tiny_elm`, pickled once by `write_setup` so workers skip
+transformers and the eager initialisation), trains one stage over a mesh of all global devices with the
+workdir shared, and writes a JSON report of what it saw: process and device counts, the rows of each global
+batch it built, checkpoint steps. It then exports the trained ELM (`elm_jax.export`:
 every process takes part, process 0 writes). `train` is also the single-process reference.
 
 `--stop-at S` first runs the stage until every process fails when asked for step S's batch, like a preempted
@@ -24,8 +24,6 @@ import pickle
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
 GLOBAL_BATCH = 8
 SEQ_LEN = 12
 MESH = {"data": 2, "fsdp": 2}
@@ -40,38 +38,13 @@ def _stop() -> None:
     raise _Stopped
 
 
-def _vectors() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((24, 4)).astype(np.float32)
+def write_setup(directory: pathlib.Path, out: pathlib.Path) -> None:
+    """Pickles `fixtures.tiny_elm` (module, numpy params, sequences; its LLM written to `directory`) and the
+    LLM's path for the workers."""
+    from tests import fixtures
 
-
-def write_setup(llm: pathlib.Path, out: pathlib.Path) -> None:
-    """Pickles the ELM module and its initial params (numpy) for the workers."""
-    import jax
-
-    from elm_jax.models.adapter import AdapterConfig
-    from elm_jax.models.elm import ELM, ELMConfig, init_params
-    from elm_jax.weights import hf
-
-    decoder = hf.load_config(llm)
-    model = ELM(ELMConfig(decoder, (("semantic", AdapterConfig(4, decoder.hidden_size, 16)),)))
-    params = init_params(model.config, hf.load_params(llm, decoder), {"semantic": _vectors()}, jax.random.key(1))
-    out.write_bytes(pickle.dumps({"model": model, "params": jax.device_get(params), "llm": str(llm)}))
-
-
-def _sequences():
-    """24 sequences whose target tokens are a function of their vector (learnable)."""
-    from elm_jax.data.train_batches import TrainSequence
-
-    return [
-        TrainSequence(
-            np.asarray([1, 5, 6, 0, 7, 10 + int(v[0] > 0), 20 + int(v[1] > 0), 30 + i % 3, 2], np.int32),
-            np.asarray([-1, -1, -1, 0, -1, -1, -1, -1, -1], np.int32),
-            5,
-            (v,),
-            (0,),
-        )
-        for i, v in enumerate(_vectors())
-    ]
+    model, params, sequences = fixtures.tiny_elm(directory)
+    out.write_bytes(pickle.dumps({"model": model, "params": params, "sequences": sequences, "llm": str(directory)}))
 
 
 def _steps(checkpoints: pathlib.Path) -> list[int]:
@@ -90,7 +63,7 @@ def train(setup: pathlib.Path, workdir: pathlib.Path, stop_at: int = -1, devices
     from elm_jax.train import StageConfig, train_stage
 
     loaded = pickle.loads(setup.read_bytes())
-    model, params, sequences = loaded["model"], loaded["params"], _sequences()
+    model, params, sequences = loaded["model"], loaded["params"], loaded["sequences"]
     mesh = shd.make_mesh(MESH, devices)
     spec = BatchSpec(GLOBAL_BATCH, SEQ_LEN, space_dims=(("semantic", 4),), max_slots=1)
     data = Batches(sequences, spec, 0, 0, process_index=jax.process_index(), process_count=jax.process_count())

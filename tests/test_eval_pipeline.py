@@ -21,20 +21,6 @@ from elm_jax.tokenizer import Tokenizer
 from elm_jax.weights import hf
 from tests import fixtures
 
-DESCRIPTIONS = [
-    "a cat sat on the mat",
-    "the dog sat on the log",
-    "a film about astronauts",
-    "a movie about space travel",
-    "a recipe for lemon cake",
-    "the capital of france is paris",
-    "numbers one two three",
-    "a helpful assistant",
-    "the cat and the dog",
-    "space travel to paris",
-    "lemon cake for the dog",
-    "astronauts sat on the log",
-]
 TASKS = ["summary", "interpolation", "why_like_nn", "user_profile"]
 
 
@@ -48,8 +34,8 @@ def world(tmp_path_factory):
         "movie",
         np.array([f"m{i}" for i in range(12)]),
         [f"Movie {i} (19{i + 80})" for i in range(12)],
-        {"semantic": encoder.encode(DESCRIPTIONS)},
-        texts=DESCRIPTIONS,
+        {"semantic": encoder.encode(list(fixtures.DESCRIPTIONS))},
+        texts=list(fixtures.DESCRIPTIONS),
     )
     users = EntityTable(
         "user",
@@ -127,7 +113,9 @@ def test_a_perfect_describer_scores_one_and_the_controls_do_not(world, tmp_path)
         out = []
         for q in queries:
             sims = semantic @ q.vectors[0] if np.any(q.vectors[0]) and q.spaces[0] == "semantic" else None
-            out.append(DESCRIPTIONS[int(np.argmax(sims))] if sims is not None and sims.max() > 0.999 else "lemon")
+            out.append(
+                fixtures.DESCRIPTIONS[int(np.argmax(sims))] if sims is not None and sims.max() > 0.999 else "lemon"
+            )
         return out
 
     report = _run(world, tmp_path, elm_generate=oracle, text_generate=lambda p: ["lemon"] * len(p))

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file
 
 from elm_jax import distributed
 from elm_jax.checkpoint import import_adapters
-from tests import fixtures, multiprocess_worker
+from tests import multiprocess_worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEADLINE_S = 240  # for the workers together; a healthy run takes 40-110 s on 2 busy cores
@@ -92,7 +92,6 @@ def _metrics(workdir: pathlib.Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_from_a_shared_checkpoint(tmp_path):
-    fixtures.write_hf_checkpoint(tmp_path / "llm", "llama", seed=3)
     multiprocess_worker.write_setup(tmp_path / "llm", tmp_path / "setup.pkl")
     deadline = time.monotonic() + DEADLINE_S
     procs = _launch(tmp_path, "pair", 2, 2, "--stop-at", "3")

@@ -27,20 +27,6 @@ from elm_jax.weights.pretrained import LoadedDecoder
 from tests import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXTS = [
-    "a cat sat on the mat",
-    "the dog sat on the log",
-    "a film about astronauts",
-    "a movie about space travel",
-    "a recipe for lemon cake",
-    "the capital of france is paris",
-    "numbers one two three",
-    "a helpful assistant",
-    "the cat and the dog",
-    "space travel to paris",
-    "lemon cake for the dog",
-    "astronauts sat on the log",
-]
 FUNNY = [0, 1, 4, 8, 10, 11]  # the movies tagged "funny"
 
 
@@ -54,8 +40,11 @@ def talker(tmp_path_factory):
         "movie",
         np.arange(100, 112),
         [f"Movie {i} (19{i + 80})" for i in range(12)],
-        {"semantic": encoder.encode(TEXTS), "behavioral": rng.standard_normal((12, 4)).astype(np.float32)},
-        texts=TEXTS,
+        {
+            "semantic": encoder.encode(list(fixtures.DESCRIPTIONS)),
+            "behavioral": rng.standard_normal((12, 4)).astype(np.float32),
+        },
+        texts=list(fixtures.DESCRIPTIONS),
     )
     users = EntityTable(
         "user",
