@@ -1,5 +1,7 @@
 """The default catalogue end to end through the data layer: load, WALS, semantic embeddings, split, CAVs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,38 @@ def test_second_build_reuses_the_cache_and_a_changed_setting_does_not(data, enco
     np.testing.assert_array_equal(first.movies.embeddings["semantic"], second.movies.embeddings["semantic"])
     build.build_catalog(data, counting, "tiny-bert", build.CatalogConfig(wals=FAST_WALS, min_ratings=6), tmp_path)
     assert len(calls) == 2
+
+
+def test_edited_data_is_not_served_from_the_cache(data, encoder, tmp_path):
+    """The cache key covers the texts encoded and the ratings themselves, not just their counts and sums."""
+    config = build.CatalogConfig(wals=FAST_WALS)
+    before = build.build_catalog(data, encoder.encode, "tiny-bert", config, tmp_path)
+    movie = int(before.movies.ids[0])
+    replot = dataclasses.replace(data, plots={**data.plots, movie: "a completely different plot"})
+    after = build.build_catalog(replot, encoder.encode, "tiny-bert", config, tmp_path)
+    np.testing.assert_allclose(
+        after.movies.embeddings["semantic"][0],
+        build.semantic_embeddings([["a completely different plot"]], encoder.encode)[0],
+        atol=1e-6,  # encoded in another batch: float32 rounding only
+    )
+    # One user's ratings of two movies swapped: same count and sums of users, movies and ratings.
+    r = data.ratings
+    i, j = np.flatnonzero((r.user == r.user[0]) & (r.rating != r.rating[0]))[0], 0
+    rating = r.rating.copy()
+    rating[[i, j]] = rating[[j, i]]
+    swapped = dataclasses.replace(data, ratings=dataclasses.replace(r, rating=rating))
+    moved = build.build_catalog(swapped, encoder.encode, "tiny-bert", config, tmp_path)
+    assert not np.allclose(moved.users.embeddings["behavioral"], before.users.embeddings["behavioral"])
+    assert len(list(tmp_path.glob("embeddings-*.npz"))) == 3
+
+
+def test_movies_without_a_plot_get_the_text_their_vector_encodes(data, encoder, tmp_path):
+    kept = build.build_catalog(data, encoder.encode, "tiny-bert", build.CatalogConfig(wals=FAST_WALS), tmp_path)
+    movie = int(kept.movies.ids[1])
+    partial = dataclasses.replace(data, plots={k: v for k, v in data.plots.items() if k != movie})
+    catalog = build.build_catalog(partial, encoder.encode, "tiny-bert", build.CatalogConfig(wals=FAST_WALS), tmp_path)
+    assert catalog.movies.texts[0] == data.plots[int(kept.movies.ids[0])]
+    assert catalog.movies.texts[1].startswith(catalog.movies.names[1] + ". Genres: ")
 
 
 def test_wals_beats_popularity_on_held_out_ratings_of_the_default_catalogue(data):

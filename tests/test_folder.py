@@ -144,6 +144,7 @@ BAD = {
     "some texts": (lambda r: _set(r / M, 7, text=None), ValueError, "entities.jsonl:7: no text, but other lines"),
     "duplicate id": (lambda r: _set(r / M, 9, id="m1"), ValueError, "entities.jsonl:9: duplicate id 'm1' .*line 2"),
     "float id": (lambda r: _set(r / U, 3, id=1.5), ValueError, "users/entities.jsonl:3: id 1.5 is neither"),
+    "huge id": (lambda r: _set(r / U, 3, id=2**63), ValueError, "users/entities.jsonl:3: id 9223372036854775808 does"),
     "mixed ids": (lambda r: _set(r / U, 2, id="u"), ValueError, "users/entities.jsonl:2: id 'u' and line 1's id 100"),
     "empty file": (lambda r: (r / U).write_text("\n"), ValueError, "users/entities.jsonl: no user entities"),
     "nan": (
@@ -235,3 +236,17 @@ def test_texts_are_optional(tmp_path):
     root = folder.write_folder(_catalog(), tmp_path / "mine")
     _lines(root / M, lambda ls: ls.__setitem__(slice(None), [re.sub(r', "text": ".*"', "", x) for x in ls]))
     assert folder.read_folder(root).movies.texts is None
+
+
+def test_prepare_export_fills_an_empty_folder_and_says_why_it_refuses_another(tmp_path):
+    from elm_jax.data import prepare
+
+    (tmp_path / "empty").mkdir()
+    assert prepare.export(_catalog(), tmp_path / "empty")
+    assert not prepare.export(_catalog(), tmp_path / "empty")  # already holds it: nothing written
+    with pytest.raises(ValueError, match="holds another catalogue"):
+        prepare.export(_catalog(with_users=False), tmp_path / "empty")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"notes exists and is not a catalogue folder \(.*movies/entities.jsonl"):
+        prepare.export(_catalog(), tmp_path / "notes")

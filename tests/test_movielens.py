@@ -128,6 +128,16 @@ def test_zip_loads_like_the_folder_and_optional_files_are_optional(tmp_path):
     assert bare.genome is None and bare.plots is None and len(bare.tags) == 0 and bare.tags.tag == []
 
 
+def test_movies_are_sorted_by_id_and_blank_tags_dropped(tmp_path):
+    """Downstream code bisects movie ids; a blank tag names no concept (and a folder export would refuse it)."""
+    header, *rows = MOVIES.splitlines()
+    files = CSV_FILES | {"movies.csv": "\n".join([header, *rows[::-1]]) + "\n", "tags.csv": TAGS + "3,1,  ,1\n"}
+    data = load_movielens(write_folder(tmp_path, files))
+    assert_same(data, load_movielens(write_folder(tmp_path / "sorted", CSV_FILES)))
+    with pytest.raises(ValueError, match="movie_ids must be unique and ascending"):
+        movielens.RatingsData(data.movie_ids[::-1], data.titles, data.genres, data.ratings, data.tags)
+
+
 def test_ml1m_dat_files(tmp_path):
     movies = '1::Toy Story (1995)::Animation|Children\'s|Comedy\n2::Café, Le "Quoted" (1999)::Drama\n'
     ratings = "1::2::5::978300760\n2::1::3::978302109\n2::2::4::978301968\n"
@@ -167,6 +177,11 @@ BAD_INPUTS = {
     ),
     "empty rating": ({"ratings.csv": RATINGS + "4,1,,1\n"}, ValueError, r"ratings\.csv: row 6: rating is empty or NaN"),
     "infinite rating": ({"ratings.csv": RATINGS + "4,1,inf,1\n"}, ValueError, r"ratings\.csv: row 6: rating is inf"),
+    "repeated rating": (
+        {"ratings.csv": RATINGS + "3,5,1.0,1\n1,2,4.0,1\n"},
+        ValueError,
+        r"ratings\.csv: row 7: user 1 rates movie 2 again \(first at row 2\)",
+    ),
     "duplicate movie": (
         {"movies.csv": MOVIES + "2,Again (2000),Drama\n"},
         ValueError,

@@ -66,6 +66,7 @@ def test_teacher_targets_name_entities_and_pass_the_split_check(catalog, tmp_pat
         ('["summary", ["m1"], "x"]', "expected a JSON object"),
         (json.dumps({"task": "summary", "entities": ["m1"]}), "exactly task, entities, target"),
         (json.dumps({"task": "sumary", "entities": ["m1"], "target": "x"}), "unknown task 'sumary'"),
+        (json.dumps({"task": ["summary"], "entities": ["m1"], "target": "x"}), r"unknown task \['summary'\]"),
         (json.dumps({"task": "summary", "entities": ["m1", "m2"], "target": "x"}), "takes 1 entities"),
         (json.dumps({"task": "summary", "entities": ["m99"], "target": "x"}), "unknown movie id 'm99'"),
         (json.dumps({"task": "summary", "entities": ["m1"], "target": "  "}), "empty target"),

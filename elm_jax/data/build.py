@@ -24,7 +24,7 @@ from elm_jax.data import wals
 from elm_jax.data.catalog import Catalog, EntityTable
 from elm_jax.data.movielens import RatingsData
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 Encoder = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -81,20 +81,13 @@ def random_split(n: int, test: float, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=count, replace=False))
 
 
-def _fingerprint(data: RatingsData, config: CatalogConfig, encoder_name: str) -> str:
+def _fingerprint(data: RatingsData, texts: Sequence[Sequence[str]], config: CatalogConfig, encoder_name: str) -> str:
+    """Everything the cached embeddings are computed from: the ratings themselves and the texts encoded."""
+    h = hashlib.sha1(json.dumps([repr(config), encoder_name, _CACHE_VERSION, texts]).encode())
     r = data.ratings
-    parts = [
-        data.source,
-        len(data.movie_ids),
-        len(r.user),
-        float(r.rating.sum()),
-        int(r.user.sum()),
-        int(r.movie.sum()),
-        repr(config),
-        encoder_name,
-        _CACHE_VERSION,
-    ]
-    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+    for part in (data.movie_ids, r.user, r.movie, r.rating):
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()[:16]
 
 
 def build_catalog(
@@ -115,7 +108,8 @@ def build_catalog(
     m_index = np.searchsorted(data.movie_ids[movie_rows], r.movie[keep])
     u_index = np.searchsorted(user_ids, r.user[keep])
 
-    cache = pathlib.Path(cache_dir) / f"embeddings-{_fingerprint(data, config, encoder_name)}.npz"
+    texts = movie_texts(data, movie_rows)
+    cache = pathlib.Path(cache_dir) / f"embeddings-{_fingerprint(data, texts, config, encoder_name)}.npz"
     if cache.is_file():
         logging.info("reusing embeddings from %s", cache)
         arrays = dict(np.load(cache))
@@ -125,7 +119,7 @@ def build_catalog(
             u_index, m_index, r.rating[keep], len(user_ids), len(movie_rows), config.wals, mesh
         )
         logging.info("encoding %d movie texts", len(movie_rows))
-        semantic = semantic_embeddings(movie_texts(data, movie_rows), encode)
+        semantic = semantic_embeddings(texts, encode)
         arrays = {
             "movie_ids": data.movie_ids[movie_rows],
             "user_ids": user_ids,
@@ -138,13 +132,13 @@ def build_catalog(
         np.savez(tmp, **arrays)
         os.replace(tmp, cache)
 
-    texts = [data.plots[int(i)] for i in arrays["movie_ids"]] if data.plots else None
     movies = EntityTable(
         "movie",
         arrays["movie_ids"],
         [data.titles[i] for i in movie_rows],
         {"semantic": arrays["movie_semantic"], "behavioral": arrays["movie_behavioral"]},
-        texts,
+        # Where some movies have no plot, their text is what their vector encodes (title, genres, tags).
+        [group[0] for group in texts] if data.plots else None,
     )
     users = EntityTable(
         "user",

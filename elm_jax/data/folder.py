@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from elm_jax.data.build import random_split
 from elm_jax.data.catalog import Catalog, EntityTable
-from elm_jax.data.movielens import _read_csv
+from elm_jax.data.movielens import _read_csv, first_repeat
 from elm_jax.io_utils import atomic_dir, read_jsonl_objects
 
 KINDS = {"movie": "movies", "user": "users"}  # entity kind -> its subfolder
@@ -56,6 +56,8 @@ def _read_entities(path: pathlib.Path, kind: str) -> tuple[np.ndarray, list[str]
         id_ = row["id"]
         if isinstance(id_, bool) or not isinstance(id_, int | str) or (isinstance(id_, str) and not id_.strip()):
             raise ValueError(f"{where}: id {id_!r} is neither an integer nor a non-empty string")
+        if isinstance(id_, int) and not -(2**63) <= id_ < 2**63:
+            raise ValueError(f"{where}: id {id_} does not fit in 64 bits; use a string id")
         if ids and isinstance(id_, str) != isinstance(ids[0], str):
             raise ValueError(f"{where}: id {id_!r} and line {lines[0]}'s id {ids[0]!r} differ in type; use one")
         if str(id_) in first_line:
@@ -139,12 +141,9 @@ def _read_ratings(path: pathlib.Path, movies: EntityTable, users: EntityTable, r
     if (rating <= 0).any():
         i = int(np.flatnonzero(rating <= 0)[0])
         raise ValueError(f"{path}: row {i + 1}: rating {rating[i]} is not > 0 (0 means unrated)")
-    key = u * len(movies) + m
-    order = np.argsort(key, kind="stable")
-    repeats = np.flatnonzero(key[order][1:] == key[order][:-1])
-    if repeats.size:
-        later = int(order[1:][repeats].min())
-        first = int(order[np.searchsorted(key[order], key[later])])
+    repeat = first_repeat(u, m)
+    if repeat is not None:
+        later, first = repeat
         raise ValueError(
             f"{path}: row {later + 1}: user {users.ids[u[later]].item()!r} rates movie "
             f"{movies.ids[m[later]].item()!r} again (first at row {first + 1})"

@@ -96,9 +96,10 @@ class Genome:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RatingsData:
-    """One MovieLens release in memory: movies in file order, ratings and tags in file order."""
+    """One MovieLens release in memory: movies sorted by id (downstream code looks ids up by bisection), ratings
+    and tags in file order."""
 
-    movie_ids: np.ndarray  # (N,) int64
+    movie_ids: np.ndarray  # (N,) int64, ascending
     titles: list[str]  # (N,) "Title (year)"
     genres: list[tuple[str, ...]]  # (N,); () for "(no genres listed)"
     ratings: Ratings
@@ -109,6 +110,8 @@ class RatingsData:
 
     def __post_init__(self):
         _check_lengths("RatingsData movies", movie_ids=self.movie_ids, titles=self.titles, genres=self.genres)
+        if (np.diff(self.movie_ids) <= 0).any():
+            raise ValueError(f"RatingsData of {self.source or '(no source)'}: movie_ids must be unique and ascending")
 
 
 class _Files:
@@ -257,6 +260,21 @@ def _check_unique(ids: np.ndarray, where: str, field: str) -> None:
         )
 
 
+def first_repeat(a: np.ndarray, b: np.ndarray) -> tuple[int, int] | None:
+    """(row, earlier row) of the first row whose (a, b) pair an earlier row already has, or None."""
+    da, db = np.diff(a), np.diff(b)
+    if ((da > 0) | ((da == 0) & (db > 0))).all():  # strictly ordered, as MovieLens files are: no repeats
+        return None
+    order = np.lexsort((b, a))  # stable: equal pairs keep file order
+    sa, sb = a[order], b[order]
+    repeats = np.flatnonzero((sa[1:] == sa[:-1]) & (sb[1:] == sb[:-1]))
+    if not repeats.size:
+        return None
+    later = int(order[1:][repeats].min())
+    first = int(order[np.flatnonzero((sa == a[later]) & (sb == b[later]))[0]])
+    return later, first
+
+
 def _check_known(movie: np.ndarray, movie_ids: np.ndarray, where: str, movies_where: str) -> None:
     # In 1M-row slices np.isin takes its lookup-table path without 25M-row temporaries (~0.1 s, +25 MB).
     slices = [~np.isin(movie[i : i + (1 << 20)], movie_ids) for i in range(0, len(movie), 1 << 20)]
@@ -369,7 +387,16 @@ def load_movielens(path: str | os.PathLike) -> RatingsData:
             types = {"userId": _I64, "movieId": _I64, "rating": _F32, "timestamp": _I64}
             rows = _read_csv(files.opener("ratings.csv"), ratings_where, types)
         _check_unique(movie_ids, movies_where, "movieId")
+        order = np.argsort(movie_ids, kind="stable")
+        movie_ids, titles, genres = movie_ids[order], [titles[i] for i in order], [genres[i] for i in order]
         _check_known(rows["movieId"], movie_ids, ratings_where, movies_where)
+        repeat = first_repeat(rows["userId"], rows["movieId"])
+        if repeat is not None:
+            later, first = repeat
+            raise ValueError(
+                f"{ratings_where}: row {later + 1}: user {rows['userId'][later]} rates movie {rows['movieId'][later]} "
+                f"again (first at row {first + 1})"
+            )
         ratings = Ratings(rows.pop("userId"), rows.pop("movieId"), rows.pop("rating"), rows.pop("timestamp"))
         tags = _empty_tags()
         if "tags.csv" in files:
@@ -377,7 +404,8 @@ def load_movielens(path: str | os.PathLike) -> RatingsData:
             types = {"userId": _I64, "movieId": _I64, "tag": _STR, "timestamp": _I64}
             t = _read_csv(files.opener("tags.csv"), where, types, lower_strings=True)
             _check_known(t["movieId"], movie_ids, where, movies_where)
-            tags = Tags(t["userId"], t["movieId"], t["tag"], t["timestamp"])
+            named = np.flatnonzero([bool(tag) for tag in t["tag"]])  # a blank tag names no concept: dropped
+            tags = Tags(t["userId"][named], t["movieId"][named], [t["tag"][i] for i in named], t["timestamp"][named])
         return RatingsData(
             movie_ids, titles, genres, ratings, tags, _genome(files, movie_ids), _plots(files, movie_ids), str(path)
         )

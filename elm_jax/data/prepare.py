@@ -273,13 +273,13 @@ def write_cavs(out_dir: pathlib.Path, catalog: Catalog, *, min_positives: int, l
 
 def export(catalog: Catalog, path: pathlib.Path) -> bool:
     """Writes the catalogue as a bring-your-own folder; False (nothing written) if it already holds it."""
-    if path.exists():
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         try:
-            same = fingerprint(folder.read_folder(path)) == fingerprint(catalog)
-        except (FileNotFoundError, ValueError):
-            same = False
-        if not same:
-            raise ValueError(f"prepare.export: {path} exists and holds something else; remove it or choose another")
+            other = folder.read_folder(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"prepare.export: {path} exists and is not a catalogue folder ({e}); remove it") from None
+        if fingerprint(other) != fingerprint(catalog):
+            raise ValueError(f"prepare.export: {path} holds another catalogue; remove it or choose another folder")
         return False
     folder.write_folder(catalog, path)
     return True

@@ -58,7 +58,7 @@ def read_jsonl(path: str | os.PathLike, catalog: Catalog, tasks: Mapping[str, Ta
         where = f"{path}:{line_no}"
         if set(row) != {"task", "entities", "target"}:
             raise ValueError(f"{where}: expected an object with exactly task, entities, target")
-        task = tasks.get(row["task"])
+        task = tasks.get(row["task"]) if isinstance(row["task"], str) else None
         if task is None:
             raise ValueError(f"{where}: unknown task {row['task']!r}")
         if not isinstance(row["target"], str) or not row["target"].strip():
