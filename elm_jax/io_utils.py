@@ -54,6 +54,14 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) 
     return pathlib.Path(path)
 
 
+def make_shared(folder: pathlib.Path) -> None:
+    """Folders 0755 and files 0644 under `folder`, itself included: mkdtemp and some writers (safetensors)
+    make them private, but results and caches are ordinary shared files."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     """Yields a temporary folder beside `path` to fill; on success it replaces `path` whole, on failure it goes.
@@ -65,7 +73,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
+        make_shared(tmp)
         if out.exists():  # swap: the old folder stays whole until the new one is in place
             old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / out.name)

@@ -46,7 +46,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` for many texts at once (the Rust backend runs them in parallel)."""
-        return [self._fix_bos(ids) for ids in self._hf(list(texts))["input_ids"]]
+        texts = list(texts)
+        return [self._fix_bos(ids) for ids in self._hf(texts)["input_ids"]] if texts else []
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens)

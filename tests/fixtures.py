@@ -285,11 +285,12 @@ def _check_gguf_expressible(config: dict, gemma: bool) -> None:
     n = config["num_hidden_layers"]
     real_pattern = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
     rope = config["rope_parameters"]
+    scalar = config["hidden_size"] // config["num_attention_heads"] if n == 62 else hd  # as llama.cpp infers it
     problems = [
         config["layer_types"] != real_pattern and "layer_types must be every 6th layer full",
         rope["sliding_attention"].get("rope_theta") != 10000.0 and "sliding rope_theta must be 10000",
         any(r.get("rope_type", "default") != "default" for r in rope.values()) and "rope_type must be default",
-        config["query_pre_attn_scalar"] != hd and f"query_pre_attn_scalar must equal head_dim ({hd})",
+        config["query_pre_attn_scalar"] != scalar and f"query_pre_attn_scalar must be {scalar} for {n} layers",
         (config.get("attn_logit_softcapping") or config.get("final_logit_softcapping")) and "no softcapping",
     ]
     problems = [p for p in problems if p]

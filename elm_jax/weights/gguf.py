@@ -9,7 +9,7 @@ folder like any user-supplied checkpoint:
 * Gemma norm weights are stored as (1 + w); Hugging Face stores w.
 * Gemma 3 GGUFs omit the sliding-window layer pattern and the local RoPE base. Like llama.cpp we
   assume every 6th layer is global and the local base is 10000, and that query_pre_attn_scalar
-  equals head_dim (true for Gemma 3 270M/1B/4B/12B; not for 27B).
+  equals head_dim (true for Gemma 3 270M/1B/4B/12B; 27B, known by its 62 layers, uses hidden_size / heads).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import tempfile
 from typing import Any
 
 import numpy as np
+
+from elm_jax.io_utils import make_shared
 
 _LAYER = re.compile(r"blk\.(\d+)\.(.+)\.weight$")
 _COMMON = {
@@ -103,7 +105,9 @@ def _hf_config(reader: Any, path: str, vocab_size: int, tied: bool) -> Any:
             "full_attention": rope,
             "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_ROPE_THETA},
         },
-        query_pre_attn_scalar=head_dim,
+        # GGUF does not store it: head_dim for every Gemma 3 but 27B (62 layers), which scales by
+        # hidden_size / heads; llama.cpp tells them apart by the layer count too.
+        query_pre_attn_scalar=d // n_heads if n_layers == 62 else head_dim,
         hidden_activation="gelu_pytorch_tanh",
         **common,
     )
@@ -138,6 +142,15 @@ def gguf_to_hf_tensors(reader: Any, path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _check_complete(tensors: dict[str, np.ndarray], arch: str, n_layers: int, path: str) -> None:
+    """Every tensor the config will promise is there (a truncated or partial file converts "fine" otherwise)."""
+    expected = ["model.embed_tokens.weight", "model.norm.weight"]
+    expected += [f"model.layers.{i}.{name}.weight" for i in range(n_layers) for name in _PER_ARCH[arch].values()]
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} tensor(s) missing for {n_layers} {arch} layers, first {missing[0]!r}")
+
+
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pathlib.Path:
     """Writes config.json, model.safetensors and tokenizer files; atomic (all or nothing)."""
     import gguf
@@ -155,7 +168,14 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pa
     arch = _field(reader, "general.architecture", str(gguf_path))
     if arch not in _PER_ARCH:
         raise ValueError(f"{gguf_path}: architecture {arch!r} is not supported ({', '.join(_PER_ARCH)})")
+    parts = _field(reader, "split.count", str(gguf_path), 1)
+    if parts > 1:
+        raise ValueError(
+            f"{gguf_path}: one of {parts} parts of a split GGUF; merge them into one file first "
+            "(llama.cpp: llama-gguf-split --merge FIRST_PART OUT.gguf)"
+        )
     tensors = gguf_to_hf_tensors(reader, str(gguf_path))
+    _check_complete(tensors, arch, _field(reader, f"{arch}.block_count", str(gguf_path)), str(gguf_path))
     config = _hf_config(
         reader,
         str(gguf_path),
@@ -168,11 +188,13 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pa
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf_path.name})
         save_gguf_tokenizer(reader, tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared folder
-        if out_dir.exists():  # another process finished first; keep its copy
-            shutil.rmtree(tmp)
-        else:
+        make_shared(tmp)
+        try:
             os.replace(tmp, out_dir)
+        except OSError:
+            if not (out_dir / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp)  # another process finished first; keep its copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

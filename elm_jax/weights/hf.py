@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from elm_jax.io_utils import atomic_dir
@@ -51,7 +51,7 @@ class SafetensorsFolder:
     def __init__(self, ckpt_dir: str | os.PathLike):
         self.dir = pathlib.Path(ckpt_dir)
         if (self.dir / _INDEX).is_file():
-            weight_map = json.loads((self.dir / _INDEX).read_text())["weight_map"]
+            weight_map = _read_weight_map(self.dir / _INDEX)
         elif (self.dir / _SINGLE).is_file():
             weight_map = None
         else:
@@ -68,7 +68,10 @@ class SafetensorsFolder:
             path = self.dir / filename
             if not path.is_file():
                 raise FileNotFoundError(f"checkpoint shard {path} is missing (listed in {_INDEX})")
-            self._files[filename] = safe_open(str(path), framework="numpy")
+            try:
+                self._files[filename] = safe_open(str(path), framework="numpy")
+            except SafetensorError as e:
+                raise ValueError(f"{path}: not a readable safetensors file: {e}") from None
         return self._files[filename]
 
     def __contains__(self, name: str) -> bool:
@@ -77,7 +80,24 @@ class SafetensorsFolder:
     def get(self, name: str) -> np.ndarray:
         if name not in self.file_of:
             raise KeyError(f"tensor {name!r} is not in the checkpoint at {self.dir}")
-        return self._open(self.file_of[name]).get_tensor(name)
+        try:
+            return self._open(self.file_of[name]).get_tensor(name)
+        except SafetensorError as e:
+            raise ValueError(f"{self.dir / self.file_of[name]} (tensor {name!r}, from {_INDEX}): {e}") from None
+
+
+def _read_weight_map(index: pathlib.Path) -> dict[str, str]:
+    """The index's tensor -> shard file map; shard files must lie in the checkpoint folder itself."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: not a safetensors index with a weight_map ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: weight_map is not an object of tensor name -> shard file")
+    for name, filename in weight_map.items():
+        if not isinstance(filename, str) or pathlib.PurePath(filename).name != filename or filename in ("", ".", ".."):
+            raise ValueError(f"{index}: tensor {name!r} points to {filename!r}; shards must be files in this folder")
+    return weight_map
 
 
 def _hf_layer_names(config: DecoderConfig) -> dict[tuple[str, ...], tuple[str, Callable]]:

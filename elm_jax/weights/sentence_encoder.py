@@ -81,7 +81,10 @@ def _modules(folder: pathlib.Path) -> dict[str, pathlib.Path | None]:
             raise ValueError(
                 f"{path}: module type {entry.get('type')!r} is not supported (Transformer, Pooling, Normalize)"
             )
-        found[kind] = folder / entry.get("path", "")
+        sub = str(entry.get("path", ""))
+        if pathlib.PurePath(sub).is_absolute() or ".." in pathlib.PurePath(sub).parts:
+            raise ValueError(f"{path}: module path {sub!r} leaves the encoder folder")
+        found[kind] = folder / sub
     for needed in ("Transformer", "Pooling"):
         if needed not in found:
             raise ValueError(f"{path}: lists no sentence_transformers.models.{needed} module")
