@@ -85,7 +85,7 @@ def _compiled_generate(
         rng, key = jax.random.split(rng)
         first = sample_token(logits, key, sampling)
         tokens = jnp.full((b, n_new), pad_id, jnp.int32).at[:, 0].set(first)
-        done = jnp.isin(first, stops)
+        done = jnp.isin(first, stops) | ~jnp.any(mask, axis=1)  # rows that only pad a batch are never waited for
 
         def cond(state):
             step, _, done, *_ = state

@@ -138,7 +138,10 @@ def load_vectors(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"vector file {path} does not exist")
     if path.suffix == ".npy":
-        values = np.load(path, allow_pickle=False)
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"vector file {path}: not a readable numeric .npy array: {e}") from None
     elif path.suffix == ".json":
         try:
             values = np.asarray(json.loads(path.read_text()), dtype=np.float64)
@@ -279,7 +282,8 @@ class Talker:
         (vector,), (label,) = self._vectors(p, [target], ["target"])
         vectors = move(np.repeat(vector[None], len(alphas), 0), c, np.asarray(alphas))
         subjects = [f"{_name(label)} + {alpha:g} x {concept!r}" for alpha in alphas]
-        inputs = [{"target": label, "concept": concept, "alpha": alpha, "cav_accuracy": c.accuracy} for alpha in alphas]
+        accuracy = _finite(c.accuracy)
+        inputs = [{"target": label, "concept": concept, "alpha": alpha, "cav_accuracy": accuracy} for alpha in alphas]
         return self._answer("cav", p, vectors[:, None], subjects, inputs)
 
     def compare(
@@ -294,9 +298,9 @@ class Talker:
         """A text per pair (entity ids, exact names or raw vectors) for a two-slot task or prompt: the paper's
         pair tasks (similarities, why_like_nn, ...) on any two points of the space, real or not."""
         p = self._prompt(task or (None if prompt else DEFAULT_PAIR_TASK), prompt, entity_kind, space, "compare", 2)
+        if not len(pairs) or any(_is_id(pair) or not hasattr(pair, "__len__") or len(pair) != 2 for pair in pairs):
+            raise ValueError("pairs: give a list of pairs (a, b) of entity ids or vectors, at least one")
         pairs = [tuple(pair) for pair in pairs]
-        if not pairs or any(len(pair) != 2 for pair in pairs):
-            raise ValueError("pairs: give at least one pair of two entity ids or vectors")
         flat = [t for pair in pairs for t in pair]
         fields = [f"pairs[{i}][{j}]" for i in range(len(pairs)) for j in range(2)]
         vectors, labels = self._vectors(p, flat, fields)
@@ -368,9 +372,13 @@ class Talker:
         vectors, labels = [], []
         for field, target in zip(fields, targets, strict=True):
             if _is_id(target):
-                row = self._lookup[p.entity_kind](target)
-                if row is None:
+                rows = self._lookup[p.entity_kind](target)
+                if not rows:
                     raise ValueError(f"{field}: no {p.entity_kind} has the id or exact name {target!r}")
+                if len(rows) > 1:
+                    ids = ", ".join(str(table.ids[r].item()) for r in rows)
+                    raise ValueError(f"{field}: {len(rows)} {p.entity_kind}s are named {target!r}; give an id ({ids})")
+                (row,) = rows
                 vectors.append(matrix[row].astype(np.float64))
                 labels.append({"id": table.ids[row].item(), "name": table.names[row]})
                 continue
@@ -452,14 +460,13 @@ class Talker:
             )
 
 
-def _lookup(ids: list, names: list[str]) -> Callable[[Target], int | None]:
-    """Row of an id (compared as text, so "356" finds 356) or of a name no other entity has."""
-    by_id = {str(i): row for row, i in enumerate(ids)}
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    by_name = {name: row for row, name in enumerate(names) if counts[name] == 1}
-    return lambda target: by_id.get(str(target), by_name.get(str(target)))
+def _lookup(ids: list, names: list[str]) -> Callable[[Target], list[int]]:
+    """Rows of an id (compared as text, so "356" finds 356; one row) or else of an exact name (titles repeat)."""
+    by_id = {str(i): [row] for row, i in enumerate(ids)}
+    by_name: dict[str, list[int]] = {}
+    for row, name in enumerate(names):
+        by_name.setdefault(name, []).append(row)
+    return lambda target: by_id.get(str(target)) or by_name.get(str(target), [])
 
 
 def _name(label: Mapping[str, Any]) -> str:

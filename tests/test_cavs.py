@@ -24,6 +24,14 @@ def test_recovers_a_planted_direction_with_high_held_out_accuracy():
     assert np.linalg.norm(cav.direction) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_a_rare_concept_is_held_out_from_both_classes():
+    """10-20 sampled rows: a plain random split held out one class only for some seeds (accuracy NaN)."""
+    x, _, _ = _planted(seed=2)
+    for seed in range(40):
+        tags = np.random.default_rng(seed).choice(len(x), 10, replace=False)
+        assert np.isfinite(cavs.learn_cav(x, tags, "rare", "semantic", seed=seed).accuracy)
+
+
 def test_a_concept_with_no_signal_is_near_chance():
     x, _, _ = _planted(seed=1)
     random_tags = np.random.default_rng(5).choice(len(x), 150, replace=False)

@@ -1,5 +1,6 @@
 """The consistency evaluation end to end: examples, conditions, scoring, outputs, resumption."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -199,6 +200,57 @@ def test_another_model_never_reuses_kept_generations(world, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["model"]["untrained"] is False
 
 
-def test_settings_reject_unknown_conditions():
+def test_an_edited_task_or_other_data_never_reuses_kept_generations(world, tmp_path):
+    """The chunk keys cover each task's templates and spaces, the prompt settings and the catalogue's content."""
+    catalog, encoder, elm, params, tokenizer = world
+    calls = []
+
+    def counting(queries):
+        calls.append(len(queries))
+        return ["a cat"] * len(queries)
+
+    def run(task, data=catalog, **settings):
+        defaults = dict(conditions=("elm",), max_examples_per_task=3, n_resamples=10)
+        return pipeline.evaluate(
+            data,
+            [task],
+            pipeline.EvalSettings(**{**defaults, **settings}),
+            counting,
+            None,
+            encoder.encode,
+            tokenizer,
+            tmp_path,
+            {"llm": "x"},
+        )
+
+    task = tasks_lib.Task("mine", "Summarise {movie}.", "Summarise {movie}.", {"movie": "semantic"})
+    run(task)
+    run(task)
+    assert len(calls) == 1
+    run(dataclasses.replace(task, template="Write a poem about {movie}."))
+    assert len(calls) == 2
+    run(task, tokens_per_slot=2)
+    assert len(calls) == 3
+    semantic = catalog.movies.embeddings["semantic"] + 0.01
+    moved = dataclasses.replace(catalog, movies=dataclasses.replace(catalog.movies, embeddings={"semantic": semantic}))
+    run(task, moved)
+    assert len(calls) == 4
+
+
+def test_settings_reject_unknown_conditions_and_empty_sizes():
     with pytest.raises(ValueError, match="conditions \\['vibes'\\]"):
         pipeline.EvalSettings(conditions=("elm", "vibes"))
+    with pytest.raises(ValueError, match="max_examples_per_task must be at least 1, got 0"):
+        pipeline.EvalSettings(max_examples_per_task=0)
+
+
+def test_pair_bc_averages_only_the_movies_a_user_rated():
+    """A user who rated one movie of a pair 5 stars ranks above one who rated both 3 (not as 2.5 with a 0)."""
+    movies = EntityTable("movie", np.arange(2), ["a", "b"], {"semantic": np.eye(2, dtype=np.float32)})
+    users = EntityTable("user", np.arange(3), ["u0", "u1", "u2"], {"behavioral": np.zeros((3, 1), np.float32)})
+    ratings = sp.csr_matrix(np.array([[5.0, 0.0], [3.0, 3.0], [1.0, 1.0]]))
+    catalog = Catalog(movies, users, ratings, {"movie": np.arange(1), "user": np.arange(1)})
+    user_embeddings = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)  # cosine to the text: 1, .8, 0
+    scorer = pipeline._Scorer(catalog, pipeline.EvalSettings(), user_embeddings)
+    bc = scorer._movie_bc((0, 1), np.array([1.0, 0.0], np.float32), np.random.default_rng(0))
+    assert bc == pytest.approx(1.0)

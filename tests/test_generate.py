@@ -64,6 +64,20 @@ def test_stop_token_ends_a_row_and_pads_the_rest(tiny):
     assert lengths[1] == (row1_hits[0] + 1 if row1_hits.size else 8)
 
 
+def test_rows_that_only_pad_a_batch_do_not_keep_it_decoding(tiny):
+    """Batches are padded to a fixed size; an all-padding row must count as finished from the start, or every
+    partial batch decodes to max_new_tokens after its real rows have stopped."""
+    _, model, params = tiny
+    free, _ = _generate(model, params, [[5, 17, 33, 8]], gen.SamplingConfig(max_new_tokens=6))
+    ids, mask = gen.left_pad([[5, 17, 33, 8], [9]], pad_id=0)
+    mask[1] = 0  # the second row is padding only
+    emb = model.apply({"params": params}, ids, method=Decoder.embed)
+    sampling = gen.SamplingConfig(max_new_tokens=6)
+    tokens, lengths = gen.generate(model, params, emb, mask, jax.random.key(0), sampling, (int(free[0, 0]),), pad_id=0)
+    assert int(lengths[0]) == 1
+    assert (np.asarray(tokens)[:, 1:] == 0).all()  # the loop ended after the first token
+
+
 def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy(tiny):
     _, model, params = tiny
     prompts = [[5, 17, 33, 8], [40, 41]]

@@ -1,7 +1,9 @@
 """Talking to embeddings: each query kind on a tiny ELM, its consistency recomputed, bad input refused, the CLI once."""
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -235,8 +237,9 @@ def test_a_movie_outside_the_semantic_space_gets_spearman_over_users(talker):
         ),
         (lambda t: t.describe([100], task="summary", space="behavioral"), "space: task 'summary' takes 'semantic'"),
         (lambda t: t.describe([100], prompt="Describe {it}."), r"entity_kind: are \['it'\] movies or users"),
-        (lambda t: t.compare([]), "pairs: give at least one pair"),
-        (lambda t: t.compare([(100,)]), "pairs: give at least one pair of two"),
+        (lambda t: t.compare([]), r"pairs: give a list of pairs \(a, b\)"),
+        (lambda t: t.compare([(100,)]), r"pairs: give a list of pairs \(a, b\)"),
+        (lambda t: t.compare((100, 101)), r"pairs: give a list of pairs \(a, b\)"),
         (lambda t: t.compare([(100, 999)]), r"pairs\[0\]\[1\]: no movie has the id or exact name 999"),
         (lambda t: t.compare([(100, 101)], task="summary"), "task: 'summary' has 1 slots; compare fills exactly 2"),
         (lambda t: t.compare([(100, 101)], prompt="Is {movie} good?"), "prompt: .* has 1 slots; compare fills"),
@@ -255,6 +258,24 @@ def test_bad_input_is_refused_naming_the_field_before_generating(talker, generat
     with pytest.raises(ValueError, match=message):
         call(talker)
     assert generations == []
+
+
+def test_a_shared_title_asks_for_an_id(talker, generations, monkeypatch):
+    """MovieLens has titles shared by several movies (Emma (1996)); saying "no movie has" that name misleads."""
+    names = list(talker.elm.catalog.movies.names)
+    names[2] = names[1]
+    monkeypatch.setitem(talker._lookup, "movie", query._lookup(talker.elm.catalog.movies.ids.tolist(), names))
+    message = rf"targets\[0\]: 2 movies are named '{re.escape(names[1])}'; give an id \(101, 102\)"
+    with pytest.raises(ValueError, match=message):
+        talker.describe([names[1]])
+    assert generations == []
+
+
+def test_a_cav_without_a_held_out_accuracy_is_written_as_null(talker, monkeypatch):
+    c = talker.cavs["semantic"]["funny"]
+    monkeypatch.setitem(talker.cavs["semantic"], "funny", dataclasses.replace(c, accuracy=float("nan")))
+    (answer,) = talker.cav(100, "funny", 1.0)
+    assert answer.inputs["cav_accuracy"] is None
 
 
 def test_force_allows_a_far_alpha(talker):
@@ -277,6 +298,9 @@ def test_load_vectors_reads_npy_and_json_and_names_the_file(tmp_path):
         query.load_vectors(tmp_path / "ragged.json")
     with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
         query.load_vectors(tmp_path / "missing.npy")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "one.npy").read_bytes()[:20])
+    with pytest.raises(ValueError, match="vector file .*cut.npy: not a readable numeric .npy array"):
+        query.load_vectors(tmp_path / "cut.npy")
 
 
 def _query(*args: str) -> subprocess.CompletedProcess:

@@ -71,11 +71,12 @@ def learn_cav(
     negatives = rng.choice(
         np.setdiff1d(np.arange(n), positives), size=min(len(positives), n - len(positives)), replace=False
     )
-    rows = np.concatenate([positives, negatives])
-    labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    order = rng.permutation(len(rows))
-    rows, labels = rows[order], labels[order]
-    n_test = max(2, int(round(test_fraction * len(rows))))
+    # Held out per class (stratified): a random split of 10-20 rows could hold one class only (accuracy NaN).
+    k = max(1, int(round(test_fraction * len(positives))))
+    pos, neg = rng.permutation(positives), rng.permutation(negatives)
+    rows = np.concatenate([pos[:k], neg[:k], pos[k:], neg[k:]])
+    labels = np.concatenate([np.ones(k), np.zeros(k), np.ones(len(pos) - k), np.zeros(len(neg) - k)])
+    n_test = 2 * k
     x = embeddings[rows].astype(np.float64)
     # Centre and scale by one number (training rows only): per-dimension standardising would let the L2 penalty
     # favour near-constant dimensions, and the CAV would point where the items do not vary (a gap of ~1e-6).

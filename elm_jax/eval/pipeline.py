@@ -15,7 +15,8 @@ Metrics per example, each reported with a bootstrap interval:
   bc       behavioral consistency. Movie tasks: Spearman, over users who rated the movie, between each
            user's rating and the similarity of the text to the user's representation (Table 2). User task:
            NDCG of a set of movies (the user's rated movies plus random unrated ones, 0 stars) ranked by
-           similarity to the generated profile (Fig. 3, 5). Pair tasks use the two movies' mean ratings.
+           similarity to the generated profile (Fig. 3, 5). Pair tasks use the user's mean rating of the
+           pair's movies they rated.
   rank     retrieval: 1-based rank of the true entity among all test entities of its kind by similarity
            to the text (single-entity tasks), summarised as recall@1, recall@10, MRR and mean rank.
 
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from elm_jax.data.catalog import Catalog
+from elm_jax.data.catalog import Catalog, fingerprint
 from elm_jax.data.examples import Example, build_examples, task_seed, teacher_prompt, user_ratings_text
 from elm_jax.data.prompts import Query, encode_prompt
 from elm_jax.data.tasks import Task
@@ -76,6 +77,9 @@ class EvalSettings:
             raise ValueError(f"eval conditions {sorted(unknown)} are unknown; known: {', '.join(CONDITIONS)}")
         if self.user_text not in ("titles", "profile"):
             raise ValueError(f"user_text must be 'titles' or 'profile', got {self.user_text!r}")
+        for name in ("max_examples_per_task", "chunk_size", "tokens_per_slot", "n_resamples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval setting {name} must be at least 1, got {getattr(self, name)}")
 
 
 def _slot_vectors(catalog: Catalog, task: Task, ex: Example, condition: str, rng: np.random.Generator):
@@ -131,7 +135,8 @@ class _Scorer:
         if len(raters) < 2:
             return np.nan
         raters = rng.permutation(raters)[: self.settings.max_ranked_users]
-        ratings = np.asarray(cols[raters].mean(axis=1)).ravel()
+        rated = cols[raters].tocsr()  # a rater of a pair may have rated one of its movies: average what they rated
+        ratings = np.asarray(rated.sum(axis=1)).ravel() / np.diff(rated.indptr)
         sims = metrics.cosine_matrix(text[None], self.user_embeddings[raters])[0]
         return float(metrics.spearman(sims, ratings))
 
@@ -189,12 +194,19 @@ def evaluate(
     """Runs every (task, condition), writes generations.jsonl and metrics.json into `workdir`, returns metrics.
 
     `model` describes what generates (LLM, trained stages and their steps, sampling): it is recorded in
-    metrics.json and is part of every generation chunk's key, so a retrained ELM or another sampling setting
-    never reuses generations kept from an earlier run.
+    metrics.json and is part of every generation chunk's key with the catalogue's content, each task's
+    templates and spaces and the prompt settings, so a retrained ELM, another sampling setting, re-prepared
+    data or an edited task never reuses generations kept from an earlier run.
     """
     workdir = pathlib.Path(workdir)
     model = dict(model or {})
-    identity = hashlib.sha1(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    context = [model, fingerprint(catalog), settings.chat, settings.tokens_per_slot]
+    identity = {
+        t.name: hashlib.sha1(
+            json.dumps([*context, dataclasses.asdict(t)], sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        for t in tasks
+    }
     chunks_dir = workdir / "generation_chunks"
     examples = {
         t.name: build_examples(catalog, t, "test", settings.max_examples_per_task, settings.seed) for t in tasks
@@ -205,7 +217,7 @@ def evaluate(
     with tqdm(total=total, desc="generating", unit="text", disable=None) as bar:
         for task, condition in plan:
             exs = examples[task.name]
-            keys = [f"{identity}|{task.name}|{condition}|{settings.seed}|{ex.rows}" for ex in exs]
+            keys = [f"{identity[task.name]}|{task.name}|{condition}|{settings.seed}|{ex.rows}" for ex in exs]
             fn = functools.partial(
                 _generate_chunk, catalog, task, condition, settings, elm_generate, text_generate, tokenizer
             )
