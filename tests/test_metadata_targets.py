@@ -193,3 +193,19 @@ def test_missing_ids_and_unknown_tasks_are_clear_errors(world):
     custom = tasks_lib.Task("haiku", "Write a haiku about {movie}.", "Haiku about {movie}.", {"movie": "semantic"})
     with pytest.raises(ValueError, match="no metadata targets for task.*haiku"):
         metadata_targets(catalog, truth, [custom])
+
+
+def test_comparisons_with_genre_peers_never_contradict_themselves(world):
+    """Genre means come from the training movies, and a genre with few of them is compared with all movies: a
+    lone member of its genre had a zero gap everywhere ("more funny and less funny")."""
+    _, catalog, truth = world
+    tasks = tasks_lib.select(["criticize", "pitch", "convince1", "convince2"], tasks_lib.registry())
+    for split in ("train", "test"):
+        for t in metadata_targets(catalog, truth, tasks, split=split):
+            for more, less in re.findall(r"more (\w[\w-]*)\W.*?less (\w[\w-]*)", t.text):
+                assert more != less, t.text
+
+
+def test_articles_agree_with_their_genre(by_task):
+    texts = [t.text for ts in by_task.values() for t in ts]
+    assert not [x for x in texts if re.search(r"\ba (action|animated|adventure|epic|indie)\b", x)]

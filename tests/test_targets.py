@@ -59,6 +59,25 @@ def test_teacher_targets_name_entities_and_pass_the_split_check(catalog, tmp_pat
     assert targets_lib.read_jsonl(path, catalog, registry) == out
 
 
+def test_training_user_prompts_name_training_movies_only(catalog, tmp_path):
+    """A teacher copies titles from the prompt into the target: a training user's liked and disliked lists must
+    not name test movies (a test user's prompt, for the text baseline, may name any)."""
+    test_titles = {catalog.movies.names[m] for m in catalog.test["movie"].tolist()}
+    prompts = {}
+    for split in ("train", "test"):
+        prompts[split] = []
+        targets_lib.teacher_targets(
+            catalog,
+            [tasks_lib.USER_PROFILE],
+            lambda p, split=split: prompts[split].extend(p) or ["profile"] * len(p),
+            tmp_path / split,
+            split=split,
+        )
+    assert len(prompts["train"]) == 18 and not any(t in p for p in prompts["train"] for t in test_titles)
+    assert any(t in p for p in prompts["test"] for t in test_titles)
+    assert all(", and " in p for p in prompts["train"])  # the paper's "A, B, C, D, and E"
+
+
 @pytest.mark.parametrize(
     "row, message",
     [

@@ -82,6 +82,9 @@ def test_task_file_adds_tasks_and_names_bad_entries(tmp_path):
         ([{**good[0], "spaces": {"film": "semantic"}}], "do not match spaces"),
         ([{**good[0], "colour": "red"}], "unknown fields \\['colour'\\]"),
         ([{**good[0], "pairing": "nearest"}], "pairing"),
+        ([{**good[0], "teacher_template": "A haiku about {title}."}], r"entry 0: task 'haiku': teacher_template slots"),
+        ([3], "entry 0: expected an object"),
+        ([{**good[0], "teacher_template": "A haiku."}], r"teacher_template slots \[\] must include \['movie'\]"),
         ({"name": "x"}, "expected a JSON list"),
     ]
     for rows, message in bad_cases:
@@ -166,8 +169,11 @@ def test_liked_disliked_orders_by_rating():
     catalog = Catalog(_table(n=7), _table("user", 1), ratings, {"movie": np.array([0])})
     liked, disliked = catalog.liked_disliked(0, n=2)
     assert liked == [0, 6] and disliked == [1, 4]
+    # Fewer than 2n ratings: the top and the bottom half (a liked movie is never also disliked).
     liked, disliked = catalog.liked_disliked(0, n=5)
-    assert liked == [0, 6, 3, 2, 4] and disliked == [1]  # never both liked and disliked
+    assert liked == [0, 6, 3] and disliked == [1, 4, 2]
+    liked, disliked = catalog.liked_disliked(0, n=2, among=np.array([1, 2, 3, 6]))  # e.g. training movies only
+    assert liked == [6, 3] and disliked == [1, 2]
 
 
 def test_encode_targets_ends_whole_targets_and_leaves_cut_ones_open(tokenizer):
@@ -175,7 +181,7 @@ def test_encode_targets_ends_whole_targets_and_leaves_cut_ones_open(tokenizer):
     from elm_jax.data.train_batches import encode_targets
 
     catalog = Catalog(_table(), _table("user", 1), sp.csr_matrix((1, 4)), {"movie": np.array([0])})
-    task = tasks_lib.Task("t", "The cat sat on {movie}.", "", {"movie": "semantic"})
+    task = tasks_lib.Task("t", "The cat sat on {movie}.", "Describe {movie}.", {"movie": "semantic"})
     short, long = Target("t", ("1",), "The dog sat."), Target("t", ("2",), "The cat sat on the mat, and the dog sat.")
     prompt = len(encode_prompt(tokenizer, task.template).tokens)
     end = tokenizer.stop_ids[0]

@@ -85,13 +85,17 @@ class Catalog:
             raise ValueError(f"entity kind {kind!r} is unknown; known: {', '.join(tables)}")
         return tables[kind]
 
-    def liked_disliked(self, user: int, n: int = 5) -> tuple[list[int], list[int]]:
-        """A user's n highest- and n lowest-rated movies (paper §3.1: five liked, five disliked)."""
+    def liked_disliked(self, user: int, n: int = 5, among: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+        """A user's n highest- and n lowest-rated movies (paper §3.1: five liked, five disliked), of the movie
+        rows `among` if given; with fewer than 2n ratings, the top and bottom halves."""
         row = self.ratings.getrow(user)
-        order = row.indices[np.lexsort((row.indices, -row.data))]  # highest first, ties by index
-        liked = order[:n].tolist()
-        disliked = [m for m in order[::-1] if m not in liked][:n]
-        return liked, disliked
+        indices, data = row.indices, row.data
+        if among is not None:
+            keep = np.isin(indices, among)
+            indices, data = indices[keep], data[keep]
+        order = indices[np.lexsort((indices, -data))]  # highest first, ties by index
+        k = min(n, (len(order) + 1) // 2)
+        return order[:k].tolist(), order[k:][::-1][:n].tolist()
 
 
 def fingerprint(catalog: Catalog) -> str:

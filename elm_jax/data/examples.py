@@ -64,14 +64,22 @@ def build_examples(catalog: Catalog, task: Task, split: str, limit: int | None, 
 
 
 def _titles(catalog: Catalog, rows: Sequence[int]) -> str:
-    return ", ".join(catalog.movies.names[r] for r in rows)
+    """Titles listed as the paper's user-profile prompt lists them: "A, B, and C"."""
+    names = [catalog.movies.names[r] for r in rows]
+    if len(names) < 3:
+        return " and ".join(names)
+    return ", ".join(names[:-1]) + ", and " + names[-1]
 
 
-def teacher_prompt(catalog: Catalog, task: Task, example: Example) -> str:
-    """The task's prompt with names instead of vectors: for the text-only baseline and teacher targets."""
+def teacher_prompt(catalog: Catalog, task: Task, example: Example, split: str) -> str:
+    """The task's prompt with names instead of vectors: for the text-only baseline and teacher targets.
+
+    A user's liked and disliked titles in a training prompt come from training movies only, so no training
+    target can name a test movie (a test user's prompt may name any movie: nothing trains on it)."""
     names = dict(zip(task.slots, (catalog.table(task.entity).names[r] for r in example.rows), strict=True))
     if task.entity == "user":
-        liked, disliked = catalog.liked_disliked(example.rows[0])
+        among = split_rows(catalog, "movie", "train") if split == "train" else None
+        liked, disliked = catalog.liked_disliked(example.rows[0], among=among)
         names.update(liked=_titles(catalog, liked), disliked=_titles(catalog, disliked))
     return SLOT.sub(lambda m: names[m.group(1)], task.teacher_template)
 

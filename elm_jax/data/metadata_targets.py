@@ -916,7 +916,7 @@ def _interpolation(m1: _Movie, m2: _Movie, r: random.Random) -> str:
         )
     )
     g1, g2 = _GENRES[m1.genres[0]][0], _GENRES[m2.genres[0]][0]
-    between = f"a {g1} through and through" if g1 == g2 else f"somewhere between {_a(g1)} and {_a(g2)}"
+    between = f"{_a(g1)} through and through" if g1 == g2 else f"somewhere between {_a(g1)} and {_a(g2)}"
     blend = [
         f"From the first movie it keeps the {_adj(f1, r)} side: {_praise(f1, r)}.",
         f"From the second movie it borrows the {_adj(f2, r)} side: {_praise(f2, r)}.",
@@ -1045,7 +1045,10 @@ def _title_pattern(name: str) -> re.Pattern:
     return re.compile(r"(?<!\w)" + re.escape(bare) + r"(?!\w)")
 
 
-def _movies(catalog: Catalog, truth: Mapping[str, np.ndarray], names: list[str], split: str) -> list[_Movie]:
+_GENRE_PEERS = 5  # training movies a genre needs before its films are compared with each other
+
+
+def _movies(catalog: Catalog, truth: Mapping[str, np.ndarray], names: list[str]) -> list[_Movie]:
     table = catalog.movies
     rows = _truth_rows(table.ids, np.asarray(truth["movie_ids"]), "movie")
     attrs = np.asarray(truth["movie_attributes"], np.float64)[rows]
@@ -1054,8 +1057,12 @@ def _movies(catalog: Catalog, truth: Mapping[str, np.ndarray], names: list[str],
     popularity = np.argsort(np.argsort(pop, kind="stable"), kind="stable") / max(len(pop) - 1, 1)
     genres = _derived_genres(attrs, names)
     primary = np.array([g[0] for g in genres])
-    pool = split_rows(catalog, "movie", split)
-    means = {g: attrs[pool[primary[pool] == g]].mean(axis=0) for g in set(primary[pool].tolist())}
+    # "More X than other <genre> films": against the training movies, for either split (a test movie's target must
+    # not depend on which other movies are held out), and against all of them for genres with few members (a lone
+    # member's gap is zero everywhere: "more funny and less funny").
+    pool = split_rows(catalog, "movie", "train")
+    members = {g: pool[primary[pool] == g] for g in set(primary[pool].tolist())}
+    means = {g: attrs[rows].mean(axis=0) for g, rows in members.items() if len(rows) >= _GENRE_PEERS}
     overall = attrs[pool].mean(axis=0)
     order = np.argsort(-attrs, axis=1, kind="stable")
     out = []
@@ -1121,13 +1128,13 @@ def metadata_targets(
     for key in ("movie_attributes", "user_taste"):
         if np.shape(truth[key])[1:] != (len(names),):
             raise ValueError(f"ground truth {key!r} has shape {np.shape(truth[key])}; expected (n, {len(names)})")
-    movies = _movies(catalog, truth, names, split)
+    movies = _movies(catalog, truth, names)
     ids = [str(v) for v in catalog.movies.ids.tolist()]
     out: list[Target] = []
     for task in tasks:
         examples = build_examples(catalog, task, split, per_task, seed)
         if task.name == "user_profile":
-            out += _user_targets(catalog, truth, task, examples, movies, names, seed)
+            out += _user_targets(catalog, truth, task, examples, movies, names, seed, split)
             continue
         for ex in examples:
             entities = tuple(ids[i] for i in ex.rows)
@@ -1146,6 +1153,7 @@ def _user_targets(
     movies: Sequence[_Movie],
     names: list[str],
     seed: int,
+    split: str,
 ) -> list[Target]:
     rows = _truth_rows(catalog.users.ids, np.asarray(truth["user_ids"]), "user")
     taste = np.asarray(truth["user_taste"], np.float64)[rows]
@@ -1153,10 +1161,11 @@ def _user_targets(
     counts = np.diff(catalog.ratings.indptr)
     activity = np.argsort(np.argsort(counts, kind="stable"), kind="stable") / max(len(counts) - 1, 1)
     ids = [str(v) for v in catalog.users.ids.tolist()]
+    allowed = split_rows(catalog, "movie", "train") if split == "train" else None  # see examples.teacher_prompt
     out = []
     for ex in examples:
         u = ex.rows[0]
-        best, worst = catalog.liked_disliked(u)
+        best, worst = catalog.liked_disliked(u, among=allowed)
         liked = [g for g, _ in Counter(g for m in best for g in movies[m].genres[:1]).most_common(2)]
         disliked = [
             g for g, _ in Counter(g for m in worst for g in movies[m].genres[:1]).most_common() if g not in liked

@@ -34,7 +34,8 @@ from elm_jax.data.targets import Target
 from elm_jax.data.tasks import Task
 from elm_jax.io_utils import atomic_write_json
 
-_VERSION = 2  # bump when the outputs of the same inputs change (2: CAVs keep the space's geometry)
+_VERSION = 3  # bump when the outputs of the same inputs change (2: CAVs keep the space's geometry; 3: training
+# user profiles name training movies only, genre comparisons against training movies, stratified CAV splits)
 TARGET_SOURCES = ("metadata", "teacher", "file")
 MakeTargets = Callable[[str], list[Target]]  # split -> targets of that side
 

@@ -104,7 +104,7 @@ def teacher_targets(
     with tqdm(total=sum(map(len, plan.values())), desc="teacher targets", unit="text", disable=None) as bar:
         for task in tasks:
             examples = plan[task.name]
-            prompts = [teacher_prompt(catalog, task, ex) for ex in examples]
+            prompts = [teacher_prompt(catalog, task, ex, split) for ex in examples]
             texts = map_in_chunks(prompts, prompts, generate, pathlib.Path(workdir) / task.name, chunk_size, bar.update)
             out += [to_target(catalog, task, ex, text) for ex, text in zip(examples, texts, strict=True)]
     return out

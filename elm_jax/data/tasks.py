@@ -23,7 +23,7 @@ import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from elm_jax.data.prompts import slot_names
+from elm_jax.data.prompts import SLOT, slot_names
 
 PAIRINGS = ("none", "random", "nearest")
 _NO_NAME = " Do not use the movie's name in your response."
@@ -52,6 +52,15 @@ class Task:
             raise ValueError(f"task {self.name!r}: pairing {self.pairing!r} is not one of {PAIRINGS}")
         if (len(slots) == 2) != (self.pairing != "none") or len(slots) > 2:
             raise ValueError(f"task {self.name!r}: one-slot tasks take pairing 'none', two-slot tasks random/nearest")
+        # The teacher prompt names each movie of the template, or a user by their liked and disliked titles.
+        naming = {"liked", "disliked"} if self.entity == "user" else set(slots)
+        allowed = naming | set(slots)
+        teacher = set(SLOT.findall(self.teacher_template))  # names may repeat there: they are text
+        if not naming <= teacher <= allowed:
+            raise ValueError(
+                f"task {self.name!r}: teacher_template slots {sorted(teacher)} must include {sorted(naming)} and"
+                f" come from {sorted(allowed)}"
+            )
 
     @property
     def slots(self) -> list[str]:
@@ -59,6 +68,8 @@ class Task:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "task file") -> Task:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{source}: expected an object with Task's fields, got {d!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         missing = {"name", "template", "teacher_template", "spaces"} - set(d)
@@ -66,7 +77,10 @@ class Task:
             raise ValueError(
                 f"{source}: task {d.get('name', '?')!r} has unknown fields {sorted(unknown)} or lacks {sorted(missing)}"
             )
-        return cls(**{**d, "spaces": dict(d["spaces"])})
+        try:
+            return cls(**{**d, "spaces": dict(d["spaces"])})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
 
 
 def _movie(name: str, template: str, description: str, suffix: str = _NO_NAME) -> Task:

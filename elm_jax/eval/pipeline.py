@@ -266,7 +266,7 @@ def evaluate(
 
 def _generate_chunk(catalog, task, condition, settings, elm_generate, text_generate, tokenizer, chunk):
     if condition == "text":
-        return text_generate([teacher_prompt(catalog, task, ex) for ex in chunk])
+        return text_generate([teacher_prompt(catalog, task, ex, "test") for ex in chunk])
     rng = np.random.default_rng([*task_seed(settings.seed, task.name), *chunk[0].rows])
     prompt = encode_prompt(tokenizer, task.template, settings.tokens_per_slot, settings.chat)
     spaces = tuple(task.spaces[s] for s in task.slots)
