@@ -70,29 +70,17 @@ def run_evaluate(config, workdir: pathlib.Path) -> None:
     from elm_jax.data import tasks as tasks_lib
     from elm_jax.encoder import TextEncoder
     from elm_jax.eval import pipeline, vector_reliance
-    from elm_jax.generate import SamplingConfig, generate_elm_text, generate_text
+    from elm_jax.generate import generate_elm_text, generate_text
 
     mesh = sharding.make_mesh(config.mesh)
     encoder = TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
     elm = trained.load(config, workdir, mesh, encoder=encoder, untrained=config.eval.untrained)
     catalog, loaded, params = elm.catalog, elm.llm, elm.params
     print("evaluating", ", ".join(f"{n} (step {s})" for n, s in elm.stages) or "an untrained ELM (eval.untrained)")
-    a = config.elm.adapter
     e = config.eval
     registry = tasks_lib.registry(tasks_lib.load_task_file(e.task_file) if e.task_file else ())
-    settings = pipeline.EvalSettings(
-        conditions=tuple(e.conditions),
-        max_examples_per_task=e.max_examples_per_task,
-        chat=config.elm.chat,
-        tokens_per_slot=a.num_tokens,
-        user_text=e.user_text,
-        max_ranked_users=e.max_ranked_users,
-        ranked_items=e.ranked_items,
-        chunk_size=e.chunk_size,
-        n_resamples=e.n_resamples,
-        seed=config.seed,
-    )
-    sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
+    settings = pipeline.settings_from_config(config)
+    sampling = pipeline.sampling_from_config(config)
     elm_generate = functools.partial(
         generate_elm_text,
         elm.model,

@@ -13,6 +13,7 @@ how the token accuracy and loss on the two examples evolve.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pathlib
 from collections.abc import Sequence
@@ -74,7 +75,12 @@ def run(
     """Per regime, the eval history: [{"step", "loss", "accuracy"}, ...] over the two toy examples."""
     from elm_jax.weights.pretrained import load_decoder
 
-    workdir = pathlib.Path(workdir)
+    unknown = [r for r in regimes if r not in ("two_stage", "single_stage")]
+    if unknown:
+        raise ValueError(f"regime {unknown[0]!r} is not one of two_stage, single_stage")
+    # One folder per setting: a rerun with other steps or rates trains anew (the trainer resumes what it finds).
+    settings = [llm, stage1_steps, stage2_steps, adapter_lr, model_lr, eval_every]
+    workdir = pathlib.Path(workdir) / hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]
     mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
     loaded = load_decoder(llm, mesh)
     model = ELM(ELMConfig(loaded.config, (("toy", AdapterConfig(2, loaded.config.hidden_size, 256)),)))
@@ -93,12 +99,10 @@ def run(
             s2 = _stage("stage2", r".*", stage2_steps, model_lr, eval_every)
             train_stage(model, params, s2, data, mesh, folder, eval_sets={"eval": sequences})
             out[regime] = _history(folder, "stage1", 0) + _history(folder, "stage2", stage1_steps)
-        elif regime == "single_stage":
+        else:
             single = _stage("single", r".*", stage1_steps + stage2_steps, model_lr, eval_every)
             train_stage(model, fresh(), single, data, mesh, folder, eval_sets={"eval": sequences})
             out[regime] = _history(folder, "single", 0)
-        else:
-            raise ValueError(f"regime {regime!r} is not one of two_stage, single_stage")
     return out
 
 

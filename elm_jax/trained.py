@@ -80,6 +80,7 @@ def generation_identity(config: Any, elm: TrainedELM, sampling: Any, untrained: 
         "runs": list(elm.runs),
         "untrained": bool(untrained),
         "chat": bool(config.elm.chat),
+        "tokens_per_slot": elm.model.config.tokens_per_slot,
         "sampling": dataclasses.asdict(sampling),
     }
 

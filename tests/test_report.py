@@ -124,17 +124,98 @@ def test_bad_report_settings_are_named():
         report.ReportSettings(map_points=1)
 
 
-def test_eval_made_by_another_kind_of_elm_is_stale(tmp_path):
-    """An untrained evaluation never stands in for the trained ELM's (and back), whatever the file dates."""
+def _recorded_eval(config, **model_changes) -> dict:
+    """metrics.json as an evaluation with `config` writes it (the parts needs_evaluation reads)."""
+    import dataclasses
+
+    from elm_jax.data import tasks as tasks_lib
+    from elm_jax.eval import pipeline
+
+    model = {
+        "llm": config.llm.checkpoint,
+        "chat": bool(config.elm.chat),
+        "tokens_per_slot": config.elm.adapter.num_tokens,
+        "sampling": dataclasses.asdict(pipeline.sampling_from_config(config)),
+        "untrained": bool(config.eval.untrained),
+        "stages": [],
+        "runs": [],
+    }
+    settings = json.loads(json.dumps(dataclasses.asdict(pipeline.settings_from_config(config))))
+    tasks = {t.name: {} for t in tasks_lib.select(list(config.eval.tasks), tasks_lib.registry())}
+    return {"model": {**model, **model_changes}, "settings": settings, "tasks": tasks}
+
+
+def test_eval_made_with_other_settings_is_stale(tmp_path):
+    """Table 2 comes from eval/metrics.json: an untrained evaluation never stands in for the trained ELM's (and
+    back), nor one made with another LLM, sampling, prompt layout, task list or evaluation setting."""
     from configs import default
 
     config = default.get_config()
     (tmp_path / "eval").mkdir()
     metrics = tmp_path / "eval" / "metrics.json"
     for recorded, untrained, stale in ((True, False, True), (False, True, True), (True, True, False)):
-        metrics.write_text(json.dumps({"model": {"untrained": recorded}}))
         config.eval.untrained = untrained
+        metrics.write_text(json.dumps(_recorded_eval(config, untrained=recorded)))
         assert report.needs_evaluation(config, tmp_path) is stale
+    for field, value in (("temperature", 0.7), ("max_new_tokens", 9), ("tasks", ("summary",)), ("n_resamples", 7)):
+        changed = default.get_config()
+        changed.eval.untrained = True
+        changed.eval[field] = value
+        assert report.needs_evaluation(changed, tmp_path), field
+    config.llm.checkpoint = "gemma3-270m"
+    assert report.needs_evaluation(config, tmp_path)
     metrics.write_text(json.dumps({"tasks": {}}))  # written before the model was recorded
     config.eval.untrained = False
     assert report.needs_evaluation(config, tmp_path)
+
+
+def test_kept_report_texts_are_keyed_by_their_task_and_vectors(tmp_path, monkeypatch):
+    """Re-learned CAVs move the same (movie, concept, alpha) elsewhere, and an edited task asks something else:
+    neither may reuse a kept text."""
+    import types
+
+    import numpy as np
+
+    from elm_jax.data.tasks import Task
+
+    def fake(self, chunk):
+        return [f"{task.template}|{vectors[0][0]:.1f}" for task, vectors in chunk]
+
+    monkeypatch.setattr(report._Generations, "_elm_chunk", fake)
+    tools = types.SimpleNamespace(
+        identity="model", talker=types.SimpleNamespace(settings=types.SimpleNamespace(seed=0))
+    )
+    task = Task("summary", "Sum {movie}.", "Sum {movie}.", {"movie": "semantic"})
+
+    def texts(task, value):  # a fresh run each time: only what is kept on disk carries over
+        return report._Generations(tools, tmp_path, 4).elm(
+            "fig4", [("summary|cav|funny|m1|1", task, [np.full(2, value)])]
+        )
+
+    assert texts(task, 1.0) == ["Sum {movie}.|1.0"]
+    assert texts(task, 2.0) == ["Sum {movie}.|2.0"]
+    edited = Task("summary", "Summarise {movie}.", "Sum {movie}.", {"movie": "semantic"})
+    assert texts(edited, 2.0) == ["Summarise {movie}.|2.0"]
+
+
+def test_free_text_renders_safely():
+    """Tags are user text (escaped in the page), and decoded texts may hold "$" (not matplotlib's mathtext)."""
+    e = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3, "n_dropped": 0}
+    concept = "<img src=x onerror=alert(1)>"
+    f4 = {
+        "alphas": [0.5],
+        "anchor": "A",
+        "concepts": {concept: {"accuracy": 0.9, "n_positive": 5, "gap": 1.0}},
+        "spread": 1.0,
+        "not_trained": [],
+        "examples": [],
+        "tasks": {"summary": {"interpolation": [e], f"cav:{concept}": [e]}},
+    }
+    assert concept not in report_render._fig4(f4)
+    money = "Made for $5,000 (50% of it on effects), it earned $3 million."
+    path = [
+        {"alpha": a, "xy": [a, a], "text_xy": [a, 0.1], "sc": 0.8, "text": money if a == 0.5 else "A film."}
+        for a in (0.0, 0.5, 1.0)
+    ]
+    m = {"task": "summary", "start": "A ($1)", "anchor": "B ($2)", "movies": [[0, 0], [1, 1], [0.5, 0.2]]}
+    assert "<img" in report_render._map({**m, "endpoints_xy": [[0, 0], [1, 1]], "path": path})

@@ -47,6 +47,7 @@ from elm_jax.data.examples import Example, build_examples, task_seed, teacher_pr
 from elm_jax.data.prompts import Query, encode_prompt
 from elm_jax.data.tasks import Task
 from elm_jax.eval import metrics
+from elm_jax.generate import SamplingConfig
 from elm_jax.io_utils import atomic_write_json, atomic_write_jsonl
 from elm_jax.resumable import map_in_chunks
 
@@ -80,6 +81,28 @@ class EvalSettings:
         for name in ("max_examples_per_task", "chunk_size", "tokens_per_slot", "n_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval setting {name} must be at least 1, got {getattr(self, name)}")
+
+
+def settings_from_config(config: Any) -> EvalSettings:
+    """The evaluation's settings from a config's `eval` (and `elm`) sections."""
+    e = config.eval
+    return EvalSettings(
+        conditions=tuple(e.conditions),
+        max_examples_per_task=e.max_examples_per_task,
+        chat=config.elm.chat,
+        tokens_per_slot=config.elm.adapter.num_tokens,
+        user_text=e.user_text,
+        max_ranked_users=e.max_ranked_users,
+        ranked_items=e.ranked_items,
+        chunk_size=e.chunk_size,
+        n_resamples=e.n_resamples,
+        seed=config.seed,
+    )
+
+
+def sampling_from_config(config: Any) -> SamplingConfig:
+    e = config.eval
+    return SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
 
 
 def _slot_vectors(catalog: Catalog, task: Task, ex: Example, condition: str, rng: np.random.Generator):

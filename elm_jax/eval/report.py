@@ -47,7 +47,7 @@ from elm_jax.data.catalog import Catalog
 from elm_jax.data.examples import split_rows, user_ratings_text
 from elm_jax.data.prompts import SLOT, Query, encode_prompt
 from elm_jax.data.tasks import Task
-from elm_jax.eval import metrics
+from elm_jax.eval import metrics, pipeline
 from elm_jax.eval.pipeline import TextGenerator
 from elm_jax.generate import generate_elm_text
 from elm_jax.io_utils import atomic_write_text
@@ -156,6 +156,13 @@ class Tools:
     identity: str  # keys saved generations to the model and settings that made them
 
 
+def _request_digest(task: Task, vectors: Sequence[np.ndarray]) -> str:
+    h = hashlib.sha1(json.dumps(dataclasses.asdict(task), sort_keys=True).encode())
+    for v in vectors:
+        h.update(np.ascontiguousarray(v, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 class _Generations:
     """Generates each distinct request once per run, batched across an experiment and resumable on disk."""
 
@@ -173,8 +180,10 @@ class _Generations:
         return Query(self._prompts[task.name], tuple(np.asarray(v, np.float32) for v in vectors), spaces)
 
     def elm(self, experiment: str, requests: Sequence[tuple[str, Task, Sequence[np.ndarray]]]) -> list[str]:
-        """ELM texts for (key, task, slot vectors) requests; equal keys must mean equal requests."""
-        return self._run(experiment, [(f"elm|{k}", (task, v)) for k, task, v in requests], self._elm_chunk)
+        """ELM texts for (key, task, slot vectors) requests; equal keys must mean equal requests in one run, and
+        across runs the task and the vectors themselves are keyed too (re-learned CAVs, an edited template)."""
+        items = [(f"elm|{k}|{_request_digest(task, v)}", (task, v)) for k, task, v in requests]
+        return self._run(experiment, items, self._elm_chunk)
 
     def text(self, experiment: str, prompts: Sequence[str]) -> list[str]:
         """The text-only LLM's answers to plain prompts."""
@@ -190,7 +199,7 @@ class _Generations:
     def _run(self, experiment: str, items: Sequence[tuple[str, Any]], fn: Callable) -> list[str]:
         todo = {k: item for k, item in items if k not in self.texts}
         if todo:
-            keys = [f"{self.tools.identity}|{k}" for k in todo]
+            keys = [f"{self.tools.identity}|{self.tools.talker.settings.seed}|{k}" for k in todo]
             folder = self.folder / experiment / hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
             with tqdm(total=len(todo), desc=f"report: {experiment}", unit="text", disable=None) as bar:
                 texts = map_in_chunks(list(todo.values()), keys, fn, folder, self.chunk_size, bar.update)
@@ -630,15 +639,31 @@ def settings_from_config(config: Any) -> ReportSettings:
 
 
 def needs_evaluation(config: Any, workdir: pathlib.Path) -> bool:
-    """True when eval/metrics.json is missing, was made by another kind of ELM (untrained vs trained), or is
-    older than a trained stage's checkpoints (retrained since)."""
+    """True when eval/metrics.json is missing, was made with other settings (LLM, prompts, sampling, tasks, the
+    evaluation's own settings, untrained vs trained), or is older than a trained stage's checkpoints."""
+    from elm_jax.data import tasks as tasks_lib
+
     path = workdir / "eval" / "metrics.json"
     if not path.is_file():
         return True
-    recorded = json.loads(path.read_text()).get("model", {})
-    if recorded.get("untrained") != bool(config.eval.untrained):
+    recorded = json.loads(path.read_text())
+    e = config.eval
+    want = {
+        "llm": config.llm.checkpoint,
+        "chat": bool(config.elm.chat),
+        "tokens_per_slot": config.elm.adapter.num_tokens,
+        "sampling": dataclasses.asdict(pipeline.sampling_from_config(config)),
+        "untrained": bool(e.untrained),
+    }
+    model = recorded.get("model", {})
+    if any(model.get(k) != v for k, v in want.items()):
         return True
-    if config.eval.untrained:
+    settings = json.loads(json.dumps(dataclasses.asdict(pipeline.settings_from_config(config))))
+    registry = tasks_lib.registry(tasks_lib.load_task_file(e.task_file) if e.task_file else ())
+    tasks = [t.name for t in tasks_lib.select(list(e.tasks), registry)]
+    if recorded.get("settings") != settings or sorted(recorded.get("tasks", {})) != sorted(tasks):
+        return True
+    if e.untrained:
         return False
     stamps = [p.stat().st_mtime for s in config.train.stages for p in (workdir / s / "checkpoints").glob("*")]
     return bool(stamps) and max(stamps) > path.stat().st_mtime
@@ -652,7 +677,7 @@ def run(config: Any, workdir: pathlib.Path) -> pathlib.Path:
     from elm_jax.data import tasks as tasks_lib
     from elm_jax.encoder import TextEncoder
     from elm_jax.eval import report_render
-    from elm_jax.generate import SamplingConfig, generate_text
+    from elm_jax.generate import generate_text
     from elm_jax.query import QuerySettings, Talker
 
     settings = settings_from_config(config)  # bad report settings fail before anything loads
@@ -664,7 +689,7 @@ def run(config: Any, workdir: pathlib.Path) -> pathlib.Path:
     encoder = TextEncoder.from_pretrained(config.encoder.checkpoint, mesh)
     elm = trained.load(config, workdir, mesh, encoder=encoder, untrained=config.eval.untrained)
     e = config.eval
-    sampling = SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
+    sampling = pipeline.sampling_from_config(config)
     space_cavs = {path.stem: cavs_lib.load_cavs(path) for path in sorted((workdir / "cavs").glob("*.npz"))}
     registry = tasks_lib.registry(tasks_lib.load_task_file(e.task_file) if e.task_file else ())
     query_settings = QuerySettings(

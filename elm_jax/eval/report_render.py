@@ -34,6 +34,7 @@ STYLE = {
     "ytick.labelsize": 10,
     "axes.spines.top": False,
     "axes.spines.right": False,
+    "text.parse_math": False,  # labels are movie texts and titles: "$5,000 ... $3 million" is not mathtext
 }
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1200px; margin: 2em auto;
@@ -266,7 +267,7 @@ def _fig4(f4: Mapping[str, Any]) -> str:
         return head + "<p>No sweep task was trained.</p>"
     tables = ""
     for name, lines in f4["tasks"].items():
-        rows = [[_series_label(k, f4["concepts"])] + [fmt(e) for e in series] for k, series in lines.items()]
+        rows = [[_esc(_series_label(k, f4["concepts"]))] + [fmt(e) for e in series] for k, series in lines.items()]
         tables += f"<h3>{_esc(name)}: SC</h3>" + _table(["series"] + [f"alpha={a:g}" for a in f4["alphas"]], rows)
     return (
         head
