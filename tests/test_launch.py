@@ -221,3 +221,14 @@ def test_setup_env_refuses_an_unknown_extra_and_stops_at_a_failed_install(tmp_pa
     )
     assert failed.returncode == 1 and "environment set-up failed" in failed.stderr
     assert (tmp_path / "calls").read_text().splitlines() == ["-m pip install --disable-pip-version-check -e .[test]"]
+
+
+def test_sourcing_setup_env_leaves_the_callers_shell_as_it_was(tmp_path):
+    """Documented as `source launch/setup_env.sh`: in an interactive shell, a leaked `set -e` would close the
+    terminal at the next failing command."""
+    env = _fake_venv(tmp_path)
+    script = f'cd {tmp_path}; source {ROOT}/launch/setup_env.sh test; echo "$-|$PWD|$PY"; false; echo survived'
+    shell = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    options, folder, py = shell.stdout.splitlines()[0].split("|")
+    assert "e" not in options and "u" not in options and folder == str(tmp_path)
+    assert py.endswith("/bin/python") and shell.stdout.splitlines()[-1] == "survived"
