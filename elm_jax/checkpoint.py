@@ -20,13 +20,15 @@ import os
 import pathlib
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from elm_jax.io_utils import atomic_dir
-from elm_jax.models.adapter import AdapterConfig
+from elm_jax.models.adapter import Adapter, AdapterConfig
 from elm_jax.sharding import to_host
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -110,14 +112,22 @@ def import_adapters(path: str | os.PathLike) -> tuple[dict, tuple[tuple[str, Ada
         flat = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name}
         if not flat:
             raise ValueError(f"{path / ADAPTER_WEIGHTS}: no weights for adapter {name!r}")
+        expected = _adapter_shapes(cfg)
+        for key in sorted(expected.keys() | flat.keys()):
+            got = flat[key].shape if key in flat else None
+            if got != expected.get(key):
+                raise ValueError(
+                    f"{path / ADAPTER_WEIGHTS}: adapter {name!r} tensor {key} has shape {got}; "
+                    f"its config ({ADAPTER_CONFIG}) needs {expected.get(key)}"
+                )
         params[f"adapters_{name}"] = traverse_util.unflatten_dict(flat, sep="/")
-        kernel = params[f"adapters_{name}"]["fc1"]["kernel"]
-        if kernel.shape != (cfg.input_dim, cfg.hidden_dim):
-            raise ValueError(
-                f"{path / ADAPTER_WEIGHTS}: adapter {name!r} fc1 kernel has shape {kernel.shape}; "
-                f"its config says ({cfg.input_dim}, {cfg.hidden_dim})"
-            )
     return params, adapters
+
+
+def _adapter_shapes(cfg: AdapterConfig) -> dict[str, tuple[int, ...]]:
+    """ "/"-joined param path -> shape of an Adapter(cfg) (None where a tensor must be absent)."""
+    init = lambda: nn.unbox(Adapter(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.input_dim))))["params"]
+    return {k: v.shape for k, v in traverse_util.flatten_dict(jax.eval_shape(init), sep="/").items()}
 
 
 def _reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
@@ -146,6 +156,13 @@ def restore_params(directory: str | os.PathLike, step: int, abstract_params: Any
         item = {"params": abstract_params}
         restore = ocp.args.PyTreeRestore(item, ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)
         out = manager.restore(step, args=ocp.args.Composite(state=restore, meta=ocp.args.JsonRestore()))
+        flat = traverse_util.flatten_dict(out.state["params"], sep="/")
+        missing = [k for k, v in flat.items() if not isinstance(v, jax.Array)]  # partial_restore leaves placeholders
+        if missing:
+            raise ValueError(
+                f"{directory} step {step} holds no {missing[0]} ({len(missing)} missing): the model asks for other "
+                "parameters than were trained (a changed llm.scan_layers or LoRA setting?)"
+            )
         return out.state["params"], dict(out.meta)
     finally:
         manager.close()

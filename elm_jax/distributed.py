@@ -30,17 +30,15 @@ def maybe_initialize() -> bool:
         kwargs["coordinator_address"] = coordinator
     for env, name in (("ELM_JAX_NUM_PROCESSES", "num_processes"), ("ELM_JAX_PROCESS_ID", "process_id")):
         if env in os.environ:
-            try:
-                kwargs[name] = int(os.environ[env])
-            except ValueError:
-                raise ValueError(f"{env}={os.environ[env]!r} is not an integer") from None
+            kwargs[name] = _integer(env, os.environ[env])
     if "ELM_JAX_LOCAL_DEVICE_IDS" in os.environ:  # one process per GPU: which of the node's GPUs is its own
-        kwargs["local_device_ids"] = [int(i) for i in os.environ["ELM_JAX_LOCAL_DEVICE_IDS"].split(",")]
+        ids = os.environ["ELM_JAX_LOCAL_DEVICE_IDS"]
+        kwargs["local_device_ids"] = [_integer("ELM_JAX_LOCAL_DEVICE_IDS", i, ids) for i in ids.split(",")]
     if {"coordinator_address", "num_processes", "process_id"} <= kwargs.keys():
         # All given: jax must not fill in the rest from the cluster, or under Slurm it restricts each process
         # to the one GPU of its local rank, even a process that should drive all GPUs of its node.
         kwargs["cluster_detection_method"] = "deactivate"
-    timeout = int(os.environ.get("ELM_JAX_INIT_TIMEOUT", "300"))
+    timeout = _integer("ELM_JAX_INIT_TIMEOUT", os.environ.get("ELM_JAX_INIT_TIMEOUT", "300"))
     jax.distributed.initialize(initialization_timeout=timeout, **kwargs)
     logging.info(
         "process %d of %d: %d local devices, %d global devices",
@@ -50,3 +48,10 @@ def maybe_initialize() -> bool:
         jax.device_count(),
     )
     return True
+
+
+def _integer(env: str, text: str, whole: str | None = None) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{env}={whole if whole is not None else text!r} is not an integer") from None

@@ -10,7 +10,6 @@ folded into the kernels for export or decoding.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from elm_jax.optim import SEP
+from elm_jax.optim import SEP, path_regex
 
 # How many leading axes of each kernel (after the scanned `layers` axis, if any) are inputs.
 _INPUT_AXES = {
@@ -51,6 +50,7 @@ class LoraConfig:
     def __post_init__(self):
         if self.rank < 1:
             raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        path_regex(self.targets, "lora.targets")
 
     @property
     def scale(self) -> float:
@@ -58,7 +58,7 @@ class LoraConfig:
 
 
 def _targets(flat: dict[str, Any], cfg: LoraConfig) -> list[str]:
-    pattern = re.compile(cfg.targets)
+    pattern = path_regex(cfg.targets, "lora.targets")
     paths = [k for k in flat if pattern.fullmatch(k)]
     if not paths:
         raise ValueError(f"lora targets {cfg.targets!r} match no parameter")

@@ -23,9 +23,17 @@ def _flat(tree: Any) -> dict[str, Any]:
     return traverse_util.flatten_dict(tree, sep=SEP) if tree else {}
 
 
+def path_regex(pattern: str, field: str) -> re.Pattern:
+    """A config's regex over parameter paths, or an error naming its field."""
+    try:
+        return re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"{field}: {pattern!r} is not a valid regex ({e})") from None
+
+
 def partition(params: Any, trainable: str) -> tuple[dict, dict]:
     """(trainable, frozen) subtrees of a nested param dict; `trainable` is matched with re.fullmatch."""
-    pattern = re.compile(trainable)
+    pattern = path_regex(trainable, "trainable")
     flat = _flat(params)
     picked = {k: v for k, v in flat.items() if pattern.fullmatch(k)}
     if not picked:
@@ -40,6 +48,17 @@ def merge(*trees: Any) -> dict:
     for tree in trees:
         out.update(_flat(tree))
     return traverse_util.unflatten_dict(out, sep=SEP)
+
+
+def is_rule(rule: Any) -> bool:
+    """A (regex, number) pair, as lr_multipliers holds them."""
+    return (
+        isinstance(rule, tuple | list)
+        and len(rule) == 2
+        and isinstance(rule[0], str)
+        and isinstance(rule[1], int | float)
+        and not isinstance(rule[1], bool)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +84,9 @@ class OptimConfig:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optimizer schedule {self.schedule!r} is not one of cosine, constant")
         for rule in self.lr_multipliers:
-            if len(rule) != 2 or not isinstance(rule[0], str) or not float(rule[1]) > 0:
+            if not is_rule(rule) or not float(rule[1]) > 0:
                 raise ValueError(f"lr_multipliers: each rule is (regex, factor > 0), got {rule!r}")
-            re.compile(rule[0])
+            path_regex(rule[0], "lr_multipliers")
 
 
 def learning_rate(cfg: OptimConfig) -> optax.Schedule:
@@ -89,7 +108,7 @@ def decay_mask(params: Any) -> Any:
 
 def _scale_by_rules(rules: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
     """Multiplies each leaf's update by the factor of the first rule whose regex fullmatches its path."""
-    compiled = [(re.compile(pattern), float(factor)) for pattern, factor in rules]
+    compiled = [(path_regex(pattern, "lr_multipliers"), float(factor)) for pattern, factor in rules]
 
     def factor(path: str) -> float:
         return next((f for pattern, f in compiled if pattern.fullmatch(path)), 1.0)
@@ -103,9 +122,12 @@ def _scale_by_rules(rules: tuple[tuple[str, float], ...]) -> optax.GradientTrans
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """AdamW with warmup + cosine (or constant) schedule, global-norm clipping and per-path lr multipliers."""
-    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-    parts.append(optax.adamw(learning_rate(cfg), cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
-    if cfg.lr_multipliers:
-        parts.append(_scale_by_rules(cfg.lr_multipliers))
-    return optax.chain(*parts) if len(parts) > 1 else parts[0]
+    """AdamW with warmup + cosine (or constant) schedule, global-norm clipping and per-path lr multipliers.
+
+    The chain has the same three links whatever the settings (identity for no clipping, no rules), so its
+    state keeps one structure and a run resumes with clipping or lr_multipliers changed."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
+        optax.adamw(learning_rate(cfg), cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask),
+        _scale_by_rules(cfg.lr_multipliers),
+    )

@@ -38,7 +38,7 @@ from elm_jax.eval.metrics import shuffled_control
 from elm_jax.lora import LoraConfig, apply_lora, init_lora
 from elm_jax.models.adapter import AdapterConfig
 from elm_jax.models.elm import ELM, ELMConfig, init_params
-from elm_jax.optim import OptimConfig, learning_rate, make_optimizer, merge, partition
+from elm_jax.optim import OptimConfig, is_rule, learning_rate, make_optimizer, merge, partition, path_regex
 from elm_jax.train_log import MetricsWriter, peak_flops_per_device, train_flops_per_token
 from elm_jax.train_step import StepConfig, make_eval_step, make_train_step
 
@@ -216,6 +216,11 @@ def train_stage(
     ckpt = Checkpointer(workdir / "checkpoints", stage.save_every, stage.keep, stage.async_save)
     try:
         start = ckpt.latest_step() or 0
+        if start > stage.optim.steps:
+            raise ValueError(
+                f"{workdir}: {stage.name} has a checkpoint at step {start}, beyond {stage.name}.steps="
+                f"{stage.optim.steps}; set it to {start} or more, or train in a new workdir"
+            )
         if start:
             abstract = {
                 "step": jax.ShapeDtypeStruct((), jnp.int32),
@@ -354,6 +359,11 @@ def stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
 
 
 def _stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
+    path_regex(c.trainable, "trainable")
+    bad = [rule for rule in c.lr_multipliers if not is_rule(rule)]
+    if bad:
+        example = "(('adapters_.*', 20.0),)"
+        raise ValueError(f"lr_multipliers: a tuple of (regex, factor) pairs, e.g. {example}; got {bad[0]!r}")
     lora = LoraConfig(c.lora.rank, c.lora.alpha, c.lora.targets) if c.lora.rank else None
     optim = OptimConfig(
         learning_rate=c.learning_rate,
@@ -394,8 +404,16 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
     stages = [stage_from_config(name, config[name], config.seed) for name in config.train.stages]
     mesh = shd.make_mesh(config.mesh)
     catalog, tasks = prepare.run_once(config, workdir, mesh)
-    trained = any(latest_step(pathlib.Path(workdir) / s.name / "checkpoints") is not None for s in stages)
-    training_record.check_or_write(config, workdir, fingerprint(catalog), trained)
+    reached = [latest_step(pathlib.Path(workdir) / s.name / "checkpoints") for s in stages]
+    for i, stage in enumerate(stages):
+        later = [s.name for s, r in zip(stages[i + 1 :], reached[i + 1 :]) if r is not None]
+        if reached[i] != stage.optim.steps and later:
+            raise ValueError(
+                f"{stage.name}.steps={stage.optim.steps}, but its checkpoints end at step {reached[i]} and {later[0]} "
+                f"already trained from them: more {stage.name} steps would not reach {later[0]}. Keep "
+                f"{stage.name}.steps, or train in a new workdir"
+            )
+    training_record.check_or_write(config, workdir, fingerprint(catalog), any(r is not None for r in reached))
     registry = {t.name: t for t in tasks}
     targets = {
         s: targets_lib.read_jsonl(workdir / "targets" / f"{s}.jsonl", catalog, registry) for s in ("train", "test")

@@ -81,6 +81,10 @@ def generation_identity(config: Any, elm: TrainedELM, sampling: Any, untrained: 
         "untrained": bool(untrained),
         "chat": bool(config.elm.chat),
         "tokens_per_slot": elm.model.config.tokens_per_slot,
+        "dtype": config.llm.dtype,
+        "param_dtype": config.llm.param_dtype,
+        "adapter": config.elm.adapter.to_dict(),  # an untrained ELM's fresh adapters come from these and the seed
+        "seed": config.seed,
         "sampling": dataclasses.asdict(sampling),
     }
 

@@ -32,7 +32,11 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
 
 def settings(config: Any, catalog_fingerprint: str) -> dict[str, dict]:
     """The record of `config`: {"weights": {field: value}, "stages": {stage: {field: value}}, "stream": {...}}."""
-    weights = {"catalog": catalog_fingerprint, "llm.checkpoint": config.llm.checkpoint}
+    weights = {
+        "catalog": catalog_fingerprint,
+        "llm.checkpoint": config.llm.checkpoint,
+        "llm.scan_layers": config.llm.scan_layers,  # the checkpoints' parameter layout: stacked or per layer
+    }
     weights.update(_flat("elm", config.elm))
     weights.update(_flat("targets.tasks", config.targets.tasks))
     stages = {
@@ -51,10 +55,11 @@ def settings(config: Any, catalog_fingerprint: str) -> dict[str, dict]:
 
 
 def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Fields whose value changed; a field the record lacks was not tracked yet when it was written."""
     return [
-        f"{k}: trained with {recorded.get(k, '(unset)')!r}, now {current.get(k, '(unset)')!r}"
-        for k in sorted(set(recorded) | set(current))
-        if recorded.get(k) != current.get(k)
+        f"{k}: trained with {recorded[k]!r}, now {current.get(k, '(unset)')!r}"
+        for k in sorted(recorded)
+        if recorded[k] != current.get(k)
     ]
 
 

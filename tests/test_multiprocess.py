@@ -166,3 +166,9 @@ def test_explicit_settings_keep_jax_from_second_guessing_them(monkeypatch):
     monkeypatch.setenv("ELM_JAX_PROCESS_ID", "one")
     with pytest.raises(ValueError, match="ELM_JAX_PROCESS_ID='one' is not an integer"):
         distributed.maybe_initialize()
+    monkeypatch.delenv("ELM_JAX_PROCESS_ID")
+    for name, value in (("ELM_JAX_LOCAL_DEVICE_IDS", "0,,1"), ("ELM_JAX_INIT_TIMEOUT", "5m")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=f"{name}='{value}' is not an integer"):
+            distributed.maybe_initialize()
+        monkeypatch.setenv(name, {"ELM_JAX_LOCAL_DEVICE_IDS": "0", "ELM_JAX_INIT_TIMEOUT": "30"}[name])

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from safetensors.numpy import load_file, save_file
 
 from elm_jax import sharding as shd
 from elm_jax.checkpoint import export_adapters, import_adapters
@@ -140,6 +141,31 @@ def test_lr_multipliers_scale_the_update_of_matching_paths():
         OptimConfig(learning_rate=1e-3, steps=10, lr_multipliers=(("x", 0.0),))
 
 
+def test_optimizer_state_keeps_its_structure_whatever_the_clipping_and_rules():
+    """A run resumes with grad_clip or lr_multipliers changed: the restore target's structure must not change."""
+    params = {"adapters_semantic": {"w": jnp.ones((2, 2))}}
+    structures = {
+        jax.tree.structure(make_optimizer(OptimConfig(1e-3, 10, grad_clip=clip, lr_multipliers=rules)).init(params))
+        for clip in (0.0, 1.0)
+        for rules in ((), (("adapters_.*", 10.0),))
+    }
+    assert len(structures) == 1
+
+
+def test_bad_regexes_and_rules_in_a_stage_are_named():
+    from configs.default import stage_config
+    from elm_jax.train import stage_from_config
+
+    for fields, message in (
+        (dict(trainable="adapters_(.*"), r"config.stage1: trainable: 'adapters_\(\.\*' is not a valid regex"),
+        (dict(lr_multipliers=("adapters_.*", 20.0)), r"config.stage1: lr_multipliers: a tuple of \(regex, factor\)"),
+        (dict(lr_multipliers=(("[x", 2.0),)), r"config.stage1: lr_multipliers: '\[x' is not a valid regex"),
+        (dict(lora=dict(rank=2, targets="llm/(")), r"config.stage1: lora.targets: 'llm/\(' is not a valid regex"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            stage_from_config("stage1", stage_config(**fields), 0)
+
+
 def test_stage1_trains_adapters_and_leaves_every_llm_weight_bit_identical(tiny, tmp_path):
     model, params, sequences = tiny
     mesh = shd.make_mesh({"data": -1})
@@ -267,6 +293,10 @@ def test_shuffled_control_and_adapter_export_round_trip(tiny, tmp_path):
     loaded, adapters = import_adapters(path)
     assert adapters == model.config.adapters
     assert all(np.array_equal(v, _flat(params)[k]) for k, v in _flat(loaded).items())
+    tensors = load_file(str(path / "adapters.safetensors"))
+    save_file({k: v for k, v in tensors.items() if not k.endswith("fc1/bias")}, str(path / "adapters.safetensors"))
+    with pytest.raises(ValueError, match=r"adapters.safetensors: adapter 'semantic' tensor fc1/bias has shape None"):
+        import_adapters(path)
     (path / "adapters.json").write_text("{")
     with pytest.raises(ValueError, match="adapters.json"):
         import_adapters(path)
@@ -295,4 +325,13 @@ def test_restore_stages_rebuilds_the_trained_elm_from_its_checkpoints(tiny, tmp_
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     config.stage2.steps = 5
     with pytest.raises(ValueError, match="stage2 has a checkpoint at step 2, not its final step 5"):
+        restore_stages(model, params, config, tmp_path, mesh)
+    # Fewer steps than trained: refused by training too (it used to call the stage finished, and loading failed).
+    config.stage2.steps = 1
+    with pytest.raises(ValueError, match=r"stage2 has a checkpoint at step 2, beyond stage2.steps=1; set it to 2"):
+        train_stage(model, out, stage_from_config("stage2", config.stage2, 0), data, mesh, tmp_path)
+    # A model that asks for parameters the checkpoint lacks (e.g. another layer layout) is named, not half-filled.
+    config.stage2.steps = 2
+    config.stage2.update(trainable=".*", lora={"rank": 0})
+    with pytest.raises(ValueError, match=r"stage2/checkpoints step 2 holds no llm/.* missing\): the model asks"):
         restore_stages(model, params, config, tmp_path, mesh)

@@ -19,6 +19,20 @@ def test_a_job_with_the_training_settings_passes_and_any_changed_one_is_named(tm
         training_record.check(config, tmp_path, "xyz")
     for field in ("elm.adapter.activation: trained with 'gelu', now 'relu'", "stage2.lora.rank", "catalog"):
         assert field in str(e.value)
+    config = get_config()
+    config.llm.scan_layers = False  # the checkpoints' parameter layout
+    with pytest.raises(ValueError, match="llm.scan_layers: trained with True, now False"):
+        training_record.check(config, tmp_path, "abc")
+
+
+def test_a_field_recorded_before_it_was_tracked_is_not_held_against_the_workdir(tmp_path):
+    config = get_config()
+    training_record.check_or_write(config, tmp_path, "abc", trained=False)
+    path = tmp_path / training_record.RECORD
+    record = json.loads(path.read_text())
+    del record["weights"]["llm.scan_layers"]  # as an earlier version wrote it
+    path.write_text(json.dumps(record))
+    training_record.check(config, tmp_path, "abc")
 
 
 def test_stages_may_be_loaded_alone_or_added_later_and_the_stream_counts_only_on_resume(tmp_path):
