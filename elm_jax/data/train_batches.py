@@ -1,7 +1,8 @@
 """Training targets -> fixed-shape token batches for the ELM (prompt with soft slots, then the target).
 
 A training sequence is the task's prompt (slots where names stand, chat-templated for chat models) followed
-by the target text and an end-of-turn token; the loss covers only the target and that final token. Rows are
+by the target text and an end-of-turn token (none for a target cut at `max_len`, which did not end there); the
+loss covers only the target and that final token. Rows are
 right-padded to one length so a run compiles once.
 
 Batches are a pure function of (seed, step): step i takes rows [i * B, (i + 1) * B) of a stream of seeded

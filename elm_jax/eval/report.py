@@ -7,7 +7,8 @@
 Sections and what they measure:
 
   Table 2   per-task SC and BC of the ELM, its controls and the text-only baseline, read from eval/metrics.json
-            (the `evaluate` job, run first when missing or older than the checkpoints), beside the paper's numbers.
+            (the `evaluate` job, run first when missing, older than the checkpoints or made with other settings),
+            beside the paper's numbers.
   Fig. 3    interpolation with a fixed anchor movie at alpha = 0.5, w = (1 - alpha) w_movie + alpha w_anchor,
             for movies of `report.split` (the paper: training movies with Forrest Gump), ELM vs the text-only
             LLM asked about "the movie that lies halfway between" the two titles; users: random pairs mixed half
