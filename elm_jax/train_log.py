@@ -12,16 +12,25 @@ import json
 import logging
 import os
 import pathlib
+import time
+import uuid
 from typing import Any
 
 import jax
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.proto.summary_pb2 import Summary
+from tensorboardX.summary import scalar
 
 from elm_jax.io_utils import atomic_write_text
 from elm_jax.models.decoder_config import DecoderConfig
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor figures; see jax_anchors §2.1).
-PEAK_FLOPS = (
+PEAK_FLOPS = (  # first matching prefix wins: the specific variants come before the family
     ("NVIDIA H200", 989e12),
+    ("NVIDIA GH200", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H100 NVL", 835e12),
     ("NVIDIA H100", 989e12),
     ("NVIDIA A100", 312e12),
     ("TPU v6 lite", 918e12),
@@ -57,9 +66,17 @@ def train_flops_per_token(
     head = cfg.vocab_size * cfg.hidden_size
     head_share = (seq_len if head_tokens is None else head_tokens) / seq_len
     matmul_fwd = 2.0 * (matmul_params(cfg) - head + head * head_share)
-    window = [seq_len if g else min(seq_len, cfg.sliding_window or seq_len) for g in cfg.layer_is_global]
-    attn_fwd = sum(2.0 * w * cfg.num_heads * cfg.head_dim for w in window)  # QK^T and PV, causal half
+    attn_fwd = sum(
+        2.0 * 2 * _mean_keys(seq_len, None if g else cfg.sliding_window) * cfg.num_heads * cfg.head_dim
+        for g in cfg.layer_is_global
+    )  # QK^T and PV over the keys each query sees
     return matmul_fwd * (3 if weight_grads else 2) + attn_fwd * 3
+
+
+def _mean_keys(seq_len: int, window: int | None) -> float:
+    """Keys a query attends to on average, causally and within `window` (None: no window)."""
+    w = min(seq_len, window or seq_len)
+    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
 
 
 def _step(row: str) -> float:
@@ -80,22 +97,29 @@ class MetricsWriter:
         self.enabled = enabled and jax.process_index() == 0
         self._tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
             self.directory.mkdir(parents=True, exist_ok=True)
             jsonl = self.directory / "metrics.jsonl"
             if jsonl.is_file():
                 kept = [r for r in jsonl.read_text(encoding="utf-8").splitlines() if _step(r) <= resume_step]
                 atomic_write_text(jsonl, "".join(r + "\n" for r in kept))
-            self._tb = SummaryWriter(str(self.directory), flush_secs=10, purge_step=resume_step + 1)
+            # Written synchronously, as metrics.jsonl is: tensorboardX's SummaryWriter queues events for a thread,
+            # and a killed run (which never reaches close) lost the steps up to its last checkpoint for good.
+            # Its own file per writer: event files are named by the second, and a run resumed within the same
+            # second would truncate its predecessor's.
+            self._tb = EventsWriter(str(self.directory / "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
+            if resume_step:  # TensorBoard drops what an earlier run logged after this step (its purge marker)
+                start = SessionLog(status=SessionLog.START)
+                self._tb.write_event(Event(wall_time=time.time(), step=resume_step + 1, session_log=start))
+                self._tb.flush()
 
     def write(self, step: int, scalars: dict[str, Any], prefix: str = "train") -> None:
         values = {k: float(v) for k, v in scalars.items()}
         logging.info("%s step %d: %s", prefix, step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
         if not self.enabled:
             return
-        for k, v in values.items():
-            self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        summary = Summary(value=[scalar(f"{prefix}/{k}", v).value[0] for k, v in values.items()])
+        self._tb.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+        self._tb.flush()
         with (self.directory / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
 

@@ -59,3 +59,48 @@ def test_train_flops_match_xla_cost_analysis(stage, trainable):
     # Counting the head at every position (what the trainer reported before) is off by more than that.
     everywhere = train_flops_per_token(cfg, T, weight_grads=stage == 2) * B * T
     assert abs(xla / (everywhere + masked_half) - 1) > 0.03
+
+
+def test_sliding_window_attention_counts_the_keys_each_query_sees():
+    from elm_jax.train_log import _mean_keys
+
+    brute = lambda t, w: np.mean([min(i + 1, w or t) for i in range(t)])
+    for t, w in ((128, None), (128, 512), (2048, 512), (7, 3)):
+        assert _mean_keys(t, w) == pytest.approx(brute(t, w))
+
+
+def test_peak_flops_tell_h100_variants_apart():
+    from types import SimpleNamespace
+
+    from elm_jax.train_log import peak_flops_per_device
+
+    kinds = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA GH200 480GB": 989e12, "cpu": None}
+    for kind, flops in kinds.items():
+        assert peak_flops_per_device(SimpleNamespace(device_kind=kind)) == flops
+
+
+def test_tensorboard_rows_are_on_disk_without_close(tmp_path):
+    """A killed run never reaches close(); its rows up to the checkpoint are not logged again on resume."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    from elm_jax.train_log import MetricsWriter
+
+    def events(path):
+        data, out = path.read_bytes(), []
+        while data:  # TFRecord: u64 length, u32 crc, the Event, u32 crc
+            (n,) = struct.unpack("<Q", data[:8])
+            out.append(event_pb2.Event.FromString(data[12 : 12 + n]))
+            data = data[16 + n :]
+        return out
+
+    first = MetricsWriter(tmp_path)
+    for step in (1, 2, 3):
+        first.write(step, {"loss": 2.0})
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    assert [e.step for e in events(path) for v in e.summary.value if v.tag == "train/loss"] == [1, 2, 3]
+    # A resumed run's writer (same second, same host) gets its own file, which starts with the purge marker.
+    MetricsWriter(tmp_path, resume_step=2).close()
+    (new,) = set(tmp_path.glob("events.out.tfevents.*")) - {path}
+    assert len(events(path)) == 4 and [(e.step, e.session_log.status) for e in events(new)[1:]] == [(3, 1)]

@@ -161,7 +161,8 @@ def target_source(
         teacher = {**t.teacher.to_dict(), "dtype": config.llm.dtype, "param_dtype": config.llm.param_dtype}
         inputs["teacher"] = teacher
         generate = _teacher(teacher, config.seed, mesh)
-        chunks = teacher_dir / _hash(teacher)  # generations of other teacher settings never mix in
+        # Generations of other teacher settings never mix in (nor, when sampling, of another seed).
+        chunks = teacher_dir / _hash({**teacher, "seed": config.seed} if teacher["temperature"] > 0 else teacher)
         return inputs, lambda split: targets_lib.teacher_targets(
             catalog,
             tasks,
