@@ -60,6 +60,22 @@ def test_soft_positions_receive_their_slots_adapter_output(tiny):
     np.testing.assert_array_equal(np.asarray(emb)[text_mask], np.asarray(text)[text_mask])
 
 
+def test_a_batch_without_slots_is_plain_text(tiny):
+    model, params, _ = tiny
+    tokens = _batch()[0]
+    vectors = {"behavioral": jnp.zeros((2, 0, 3)), "semantic": jnp.zeros((2, 0, 5))}
+    emb = model.apply(
+        {"params": params},
+        tokens,
+        jnp.full(tokens.shape, -1),
+        vectors,
+        jnp.zeros((2, 0), jnp.int32),
+        method=ELM.embed_inputs,
+    )
+    text = Decoder(model.config.decoder).apply({"params": params["llm"]}, tokens, method=Decoder.embed)
+    np.testing.assert_array_equal(np.asarray(emb), np.asarray(text))
+
+
 def test_only_adapters_see_the_vectors(tiny):
     model, params, _ = tiny
     tokens, soft_index, vectors, slot_space = _batch()

@@ -59,6 +59,7 @@ HF_CASES = {
     "llama-tied-linear": ("llama", dict(tie=True, rope_type="linear")),
     "llama-untied-llama3": ("llama", dict(tie=False, rope_type="llama3")),
     "gemma3": ("gemma3", {}),
+    # attn_logit_softcapping is set and must be ignored, as transformers' Gemma 3 does.
     "gemma3-untied-softcap": ("gemma3", dict(tie=False, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
     "mistral-sliding": ("mistral", dict(sliding_window=4)),  # every layer slides
     "qwen2-sliding": ("qwen2", dict(tie=False, use_sliding_window=True, sliding_window=4, max_window_layers=1)),

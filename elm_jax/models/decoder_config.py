@@ -88,7 +88,6 @@ class DecoderConfig:
     norm_plus_one: bool = False  # Gemma RMSNorm multiplies by (1 + w)
     embed_scale: float = 1.0  # Gemma multiplies token embeddings by sqrt(hidden_size)
     tie_embeddings: bool = True
-    attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
     # Execution knobs: they change speed and memory, never the function computed.
     dtype: str = "float32"  # activations / matmul inputs
@@ -185,7 +184,8 @@ class DecoderConfig:
                 sandwich_norms=True,
                 norm_plus_one=True,
                 embed_scale=float(np.float32(math.sqrt(hf.hidden_size))),
-                attn_logit_softcap=hf.attn_logit_softcapping,
+                # No attn_logit_softcapping: Gemma 3 replaced it by query-key norms, and transformers' Gemma 3
+                # ignores the field its config still carries.
                 final_logit_softcap=hf.final_logit_softcapping,
                 **common,
             )

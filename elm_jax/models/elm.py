@@ -68,7 +68,7 @@ class ELM(nn.Module):
         for i, name in enumerate(self.config.space_names):
             tokens = self.adapters[name](vectors[name])  # (B, S, k, D)
             out = tokens if out is None else jnp.where((slot_space == i)[..., None, None], tokens, out)
-        return out.reshape(b, s * self.config.tokens_per_slot, -1)
+        return out.reshape(b, s * self.config.tokens_per_slot, out.shape[-1])  # explicit: s may be 0
 
     def embed_inputs(self, tokens: Array, soft_index: Array, vectors: dict[str, Array], slot_space: Array) -> Array:
         """Input embeddings with adapter outputs at the soft positions (the paper's E_0 x E_A)."""

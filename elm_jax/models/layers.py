@@ -95,8 +95,6 @@ class Attention(nn.Module):
 
         def scores(keys: Array, layout: str, key_pos: Array, key_ok: Array) -> Array:
             s = jnp.einsum(f"btkgd,{layout}->bkgts", q, keys, preferred_element_type=jnp.float32)
-            if cfg.attn_logit_softcap:
-                s = jnp.tanh(s / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
             ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
             return jnp.where(ok[:, None, None], s, _MASKED)
 

@@ -81,13 +81,11 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def _attention(q, k, v, allowed, scale: float, softcap: float | None) -> np.ndarray:
+def _attention(q, k, v, allowed, scale: float) -> np.ndarray:
     """q: (B,T,H,hd), k/v: (B,T,Hkv,hd), allowed: (B,T,T) bool. GQA by repeating the KV heads."""
     rep = q.shape[2] // k.shape[2]
     k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
     s = np.einsum("bqhd,bkhd->bhqk", q, k) * np.float32(scale)
-    if softcap is not None:
-        s = np.tanh(s / softcap) * softcap
     s = np.where(allowed[:, None], s, _MASKED)
     return np.einsum("bhqk,bkhd->bqhd", _softmax(s), v)
 
@@ -129,7 +127,6 @@ def forward(
     cos_sin = {t: _rope_cos_sin(pos, inv_freq(rope[t] if gemma else rope, hd)) for t in set(layer_types)}  # Qwen,
     # Mistral: one RoPE for all layers
     scale = config["query_pre_attn_scalar"] ** -0.5 if gemma else hd**-0.5
-    attn_cap = config.get("attn_logit_softcapping")
 
     def norm(h, name):
         return _rms_norm(h, weights[name], eps, gemma)
@@ -151,7 +148,7 @@ def forward(
         allowed = causal
         if kind == "sliding_attention":
             allowed = causal & ((pos[:, :, None] - pos[:, None, :]) < config["sliding_window"])
-        o = _attention(q, k, v, allowed, scale, attn_cap).reshape(B, T, n_head * hd)
+        o = _attention(q, k, v, allowed, scale).reshape(B, T, n_head * hd)
         o = linear(o, p + "self_attn.o_proj.weight")
         if gemma:  # sandwich norms around both sub-blocks
             x = x + norm(o, p + "post_attention_layernorm.weight")
