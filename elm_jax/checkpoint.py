@@ -125,7 +125,7 @@ def import_adapters(path: str | os.PathLike) -> tuple[dict, tuple[tuple[str, Ada
 
 
 def _adapter_shapes(cfg: AdapterConfig) -> dict[str, tuple[int, ...]]:
-    """ "/"-joined param path -> shape of an Adapter(cfg) (None where a tensor must be absent)."""
+    """The shape of each parameter of an Adapter(cfg), by its "/"-joined path."""
     init = lambda: nn.unbox(Adapter(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.input_dim))))["params"]
     return {k: v.shape for k, v in traverse_util.flatten_dict(jax.eval_shape(init), sep="/").items()}
 

@@ -408,10 +408,11 @@ def run(config: Any, workdir: pathlib.Path) -> dict:
     for i, stage in enumerate(stages):
         later = [s.name for s, r in zip(stages[i + 1 :], reached[i + 1 :]) if r is not None]
         if reached[i] != stage.optim.steps and later:
+            ends = "it has no checkpoints" if reached[i] is None else f"its checkpoints end at step {reached[i]}"
             raise ValueError(
-                f"{stage.name}.steps={stage.optim.steps}, but its checkpoints end at step {reached[i]} and {later[0]} "
-                f"already trained from them: more {stage.name} steps would not reach {later[0]}. Keep "
-                f"{stage.name}.steps, or train in a new workdir"
+                f"{stage.name}.steps={stage.optim.steps}, but {ends} and {later[0]} already trained without the "
+                f"rest: more {stage.name} steps would not reach {later[0]}. Keep {stage.name}.steps, or train in a "
+                "new workdir"
             )
     training_record.check_or_write(config, workdir, fingerprint(catalog), any(r is not None for r in reached))
     registry = {t.name: t for t in tasks}

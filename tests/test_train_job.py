@@ -102,7 +102,7 @@ def test_train_job_pulse_runs_both_stages_then_a_rerun_skips_them(tmp_path):
     # More stage-1 steps after stage 2 trained from its step 3 would be lost under stage 2's weights.
     extended = _train(*args, "--config.stage1.steps=5")
     assert extended.returncode == 2
-    assert "stage1.steps=5, but its checkpoints end at step 3 and stage2" in extended.stderr
+    assert "stage1.steps=5, but its checkpoints end at step 3 and stage2 already trained" in extended.stderr
 
 
 def test_train_job_rejects_bad_stages_before_doing_any_work(tmp_path):
