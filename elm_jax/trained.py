@@ -71,21 +71,28 @@ class TrainedELM:
     runs: list[str] = dataclasses.field(default_factory=list)  # the training-run id of each restored stage
 
 
+def generation_settings(config: Any, sampling: Any, untrained: bool) -> dict[str, Any]:
+    """The config's part of `generation_identity`: what a recorded evaluation is checked against before reuse."""
+    return {
+        "llm": config.llm.checkpoint,
+        "untrained": bool(untrained),
+        "chat": bool(config.elm.chat),
+        "tokens_per_slot": config.elm.adapter.num_tokens,
+        "sampling": dataclasses.asdict(sampling),
+    }
+
+
 def generation_identity(config: Any, elm: TrainedELM, sampling: Any, untrained: bool) -> dict[str, Any]:
     """What makes this ELM's texts: recorded with an evaluation and keyed into kept generations, so texts of an
     earlier model or sampling setting are never reused."""
     return {
-        "llm": config.llm.checkpoint,
+        **generation_settings(config, sampling, untrained),
         "stages": [list(s) for s in elm.stages],
         "runs": list(elm.runs),
-        "untrained": bool(untrained),
-        "chat": bool(config.elm.chat),
-        "tokens_per_slot": elm.model.config.tokens_per_slot,
         "dtype": config.llm.dtype,
         "param_dtype": config.llm.param_dtype,
         "adapter": config.elm.adapter.to_dict(),  # an untrained ELM's fresh adapters come from these and the seed
         "seed": config.seed,
-        "sampling": dataclasses.asdict(sampling),
     }
 
 

@@ -643,19 +643,14 @@ def needs_evaluation(config: Any, workdir: pathlib.Path) -> bool:
     """True when eval/metrics.json is missing, was made with other settings (LLM, prompts, sampling, tasks, the
     evaluation's own settings, untrained vs trained), or is older than a trained stage's checkpoints."""
     from elm_jax.data import tasks as tasks_lib
+    from elm_jax.trained import generation_settings
 
     path = workdir / "eval" / "metrics.json"
     if not path.is_file():
         return True
     recorded = json.loads(path.read_text())
     e = config.eval
-    want = {
-        "llm": config.llm.checkpoint,
-        "chat": bool(config.elm.chat),
-        "tokens_per_slot": config.elm.adapter.num_tokens,
-        "sampling": dataclasses.asdict(pipeline.sampling_from_config(config)),
-        "untrained": bool(e.untrained),
-    }
+    want = generation_settings(config, pipeline.sampling_from_config(config), e.untrained)
     model = recorded.get("model", {})
     if any(model.get(k) != v for k, v in want.items()):
         return True
