@@ -52,12 +52,6 @@ def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype: Any = Non
     }
 
 
-def _write_kv(cached: Array, new: Array, start: Array) -> Array:
-    """New keys or values (..., B, T, kv_heads, head_dim) into the cache's (..., B, kv_heads, slots, head_dim)."""
-    at = (0,) * (cached.ndim - 2) + (start, 0)
-    return jax.lax.dynamic_update_slice(cached, jnp.swapaxes(new, -2, -3).astype(cached.dtype), at)
-
-
 def separate_layers(config: DecoderConfig, params: dict) -> dict:
     """Params of scanned (stacked) layers in the separate-layers layout (`scan_layers=False`), to decode with.
 
@@ -139,8 +133,8 @@ class Decoder(nn.Module):
     ) -> tuple[Array, Cache | None]:
         """Logits (B, T, vocab) in float32 for tokens or embeddings (B, T[, D]).
 
-        mask (B, T): 1 for real tokens, 0 for (left) padding. With a cache, the T new tokens attend to
-        every valid cached slot and are written at slot `cache["end"]`; the updated cache is returned.
+        mask (B, T): 1 for real tokens, 0 for (left) padding. With a cache, the T new tokens are written at
+        slot `cache["end"]` and attend to every valid slot up to their own; the updated cache is returned.
         """
         cfg = self.config
         if (tokens is None) == (embeddings is None):
@@ -157,40 +151,31 @@ class Decoder(nn.Module):
             positions=positions, mask=mask, cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l
         )
         is_global = jnp.asarray(np.array(cfg.layer_is_global))
-        if cache is not None:
-            shared["cache_positions"] = cache["positions"]
+        if cache is not None:  # the new tokens' slots, written before any layer attends over the cache
+            start = cache["end"]
+            new_positions = jnp.where(mask, positions, -1).astype(jnp.int32)
+            shared["cache_positions"] = jax.lax.dynamic_update_slice(cache["positions"], new_positions, (0, start))
+            shared["cache_end"] = start
 
         if cfg.scan_layers:
             layer_in = {"is_global": is_global}
             if cache is not None:
-                layer_in["cached_kv"] = (cache["k"], cache["v"])
+                layer_in["cache_kv"] = (cache["k"], cache["v"])
             x, (new_k, new_v) = self.layers(x, layer_in, shared)
-            if cache is not None:
-                new_k, new_v = _write_kv(cache["k"], new_k, cache["end"]), _write_kv(cache["v"], new_v, cache["end"])
         else:
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
                 layer_in = {"is_global": is_global[i]}
                 if cache is not None:
-                    layer_in["cached_kv"] = (cache["k"][i], cache["v"][i])
+                    layer_in["cache_kv"] = (cache["k"][i], cache["v"][i])
                 x, (k, v) = layer(x, layer_in, shared)
-                if cache is not None:
-                    k, v = _write_kv(cache["k"][i], k, cache["end"]), _write_kv(cache["v"][i], v, cache["end"])
                 new_k.append(k)
                 new_v.append(v)
             new_k, new_v = tuple(new_k), tuple(new_v)
 
         new_cache = None
         if cache is not None:
-            start = cache["end"]
-            new_cache = {
-                "k": new_k,
-                "v": new_v,
-                "positions": jax.lax.dynamic_update_slice(
-                    cache["positions"], jnp.where(mask, positions, -1).astype(jnp.int32), (0, start)
-                ),
-                "end": start + t,
-            }
+            new_cache = {"k": new_k, "v": new_v, "positions": shared["cache_positions"], "end": start + t}
         x = self.final_norm(x)
         if return_hidden:
             return x, new_cache

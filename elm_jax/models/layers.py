@@ -52,17 +52,23 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
-class Attention(nn.Module):
-    """Grouped-query attention over (optional) cached keys plus the keys of the current tokens.
+def _write_kv(cached: Array, new: Array, start: Array) -> Array:
+    """New keys or values (B, T, kv_heads, head_dim) into a cache's (B, kv_heads, slots, head_dim) at `start`."""
+    return jax.lax.dynamic_update_slice(cached, jnp.swapaxes(new, 1, 2).astype(cached.dtype), (0, 0, start, 0))
 
-    Cached and fresh keys are scored separately and share one softmax, so the cache is only read,
-    never concatenated (a copy of the whole cache per layer and step would dominate decoding).
+
+class Attention(nn.Module):
+    """Grouped-query attention over the current tokens or, with a KV cache, over the cache they are written into.
+
+    With a cache the new keys and values go in first and the tokens attend over the whole updated cache: the old
+    cache's only reader is that write, so XLA updates it in place inside the decode loop. Attending to the old
+    cache and writing afterwards made XLA copy every layer's cache twice per decode step.
     """
 
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, x: Array, shared: dict, is_global: Array, cached_kv: tuple[Array, Array] | None):
+    def __call__(self, x: Array, shared: dict, is_global: Array, cache: tuple[Array, Array] | None):
         cfg = self.config
         dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         init = nn.initializers.lecun_normal()
@@ -93,28 +99,20 @@ class Attention(nn.Module):
         window_ok = lambda qp, kp: is_global | (qp - kp < (cfg.sliding_window or 0))
         q_pos = shared["positions"][:, :, None]
 
-        def scores(keys: Array, layout: str, key_pos: Array, key_ok: Array) -> Array:
-            s = jnp.einsum(f"btkgd,{layout}->bkgts", q, keys, preferred_element_type=jnp.float32)
-            ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
-            return jnp.where(ok[:, None, None], s, _MASKED)
-
-        new_pos, new_valid = shared["positions"], shared["mask"]
-        causal = jnp.tril(jnp.ones((t, t), bool))[None]
-        blocks = [scores(k, "bskd", new_pos, causal & new_valid[:, None, :])]
-        values = [(v, "bskd")]
-        if cached_kv is not None:  # cached keys and values are (B, kv_heads, S, head_dim): see init_cache
-            ck, cv = cached_kv
-            cache_pos = shared["cache_positions"]
-            blocks.insert(0, scores(ck.astype(dtype), "bksd", cache_pos, (cache_pos >= 0)[:, None, :]))
-            values.insert(0, (cv.astype(dtype), "bksd"))
-        probs = jax.nn.softmax(jnp.concatenate(blocks, axis=-1), axis=-1).astype(dtype)
-        out, start = 0.0, 0
-        for vals, layout in values:
-            n = vals.shape[layout.index("s")]
-            out = out + jnp.einsum(f"bkgts,{layout}->btkgd", probs[..., start : start + n], vals)
-            start += n
+        if cache is None:
+            keys, values, layout = k, v, "bskd"
+            key_pos, key_ok = shared["positions"], jnp.tril(jnp.ones((t, t), bool))[None] & shared["mask"][:, None, :]
+        else:  # keys and values (B, kv_heads, slots, head_dim): see init_cache
+            keys, values = (_write_kv(c, new, shared["cache_end"]) for c, new in zip(cache, (k, v)))
+            layout, key_pos = "bksd", shared["cache_positions"]  # written slots hold positions, others -1
+            key_ok = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= q_pos)
+        s = jnp.einsum(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), preferred_element_type=jnp.float32)
+        ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
+        probs = jax.nn.softmax(jnp.where(ok[:, None, None], s, _MASKED), axis=-1).astype(dtype)
+        out = jnp.einsum(f"bkgts,{layout}->btkgd", probs, values.astype(dtype))
         out = out.reshape(b, t, h, hd)
-        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), (k, v)
+        new_kv = (k, v) if cache is None else (keys, values)
+        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dtype)), new_kv
 
 
 class MLP(nn.Module):
@@ -143,8 +141,8 @@ class Block(nn.Module):
     def __call__(self, x: Array, layer_in: dict, shared: dict) -> tuple[Array, tuple[Array, Array]]:
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.rms_eps, cfg.norm_plus_one, jnp.dtype(cfg.param_dtype), name=name)
-        cached = layer_in.get("cached_kv")
-        h, new_kv = Attention(cfg, name="attn")(norm("attn_norm")(x), shared, layer_in["is_global"], cached)
+        cache = layer_in.get("cache_kv")
+        h, new_kv = Attention(cfg, name="attn")(norm("attn_norm")(x), shared, layer_in["is_global"], cache)
         if cfg.sandwich_norms:
             h = norm("post_attn_norm")(h)
         x = x + h.astype(x.dtype)
