@@ -61,18 +61,15 @@ def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
 
 
 @functools.cache
-def _compiled_generate(
-    config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int, separate: bool
-):
-    decode_config = dataclasses.replace(config, scan_layers=False, remat_policy="none") if separate else config
+def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int):
+    decode_config = dataclasses.replace(config, scan_layers=False, remat_policy="none")
     model = Decoder(decode_config)
     n_new = sampling.max_new_tokens
     stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
 
     def run(params, embeddings: Array, mask: Array, rng: Array) -> tuple[Array, Array]:
         b, t = mask.shape
-        if separate:  # scanned weights sliced into separate layers once per call, not per layer and step
-            params = separate_layers(config, params)
+        params = separate_layers(config, params)  # once per call, not per layer and step; see `generate`
         variables = {"params": params}
         # The barrier keeps the empty cache from being a compile-time constant: XLA would otherwise spend minutes
         # constant-folding the prefill's scores against it for long prompts.
@@ -124,13 +121,12 @@ def generate(
 
     Tokens after a row's first stop token are `pad_id`; `lengths` counts the stop token itself.
 
-    On accelerators scanned layers decode as separate ones (`separate_layers`, once per call): slicing each
-    layer's weights out of the stack at every step nearly doubled an H100's step time. XLA:CPU keeps the scan:
-    there separate layers gave no step-time gain beyond this VM's noise, and each program took 15-20 s longer
-    to compile.
+    Scanned layers decode as separate ones (`separate_layers`, once per call): slicing each layer's weights
+    out of the stack at every step nearly doubled an H100's step time, and made this project's Intel Xeon VM
+    1.3-1.6x slower per step (benchmarks/README.md). The price is a longer compile (~8 s more for SmolLM2 on
+    2 CPU cores) and a second copy of the layer weights while the call runs.
     """
-    separate = model.config.scan_layers and jax.default_backend() != "cpu"
-    fn = _compiled_generate(model.config, sampling, tuple(int(s) for s in stop_ids), int(pad_id), separate)
+    fn = _compiled_generate(model.config, sampling, tuple(int(s) for s in stop_ids), int(pad_id))
     return fn(params, embeddings, mask, rng)
 
 
