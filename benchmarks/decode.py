@@ -51,28 +51,36 @@ class Timing:
     tokens: np.ndarray  # (batch, long) tokens of the long run
 
 
-def _seconds(fn: Callable[[], Any]) -> float:
+def _seconds(fn: Callable[..., Any], *args: Any) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
-def measure(run: Runner, short: int, long: int, repeats: int) -> Timing:
-    """Warms up both lengths, then times short and long runs in alternation `repeats` times."""
-    first = _seconds(lambda: run(short)) + _seconds(lambda: run(long))
-    shorts, longs = [], []
+def measure(runs: dict[str, Runner], short: int, long: int, repeats: int) -> dict[str, Timing]:
+    """Warms up both lengths of every runner, then times short and long runs, the runners in alternation.
+
+    Alternating inside each repeat keeps this VM's minute-to-minute speed drift out of the runners' ratio.
+    """
+    first = {name: _seconds(run, short) + _seconds(run, long) for name, run in runs.items()}
+    shorts: dict[str, list[float]] = {name: [] for name in runs}
+    longs: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        shorts.append(_seconds(lambda: run(short)))
-        longs.append(_seconds(lambda: run(long)))
-    steps = [(tl - ts) / (long - short) for ts, tl in zip(shorts, longs)]
-    step = statistics.median(steps)
-    return Timing(
-        ms_per_step=1e3 * step,
-        ms_range=(1e3 * min(steps), 1e3 * max(steps)),
-        prefill_ms=1e3 * (statistics.median(shorts) - (short - 1) * step),
-        warmup_s=first - statistics.median(shorts) - statistics.median(longs),
-        tokens=run(long),
-    )
+        for name, run in runs.items():
+            shorts[name].append(_seconds(run, short))
+            longs[name].append(_seconds(run, long))
+    timings = {}
+    for name, run in runs.items():
+        steps = [(tl - ts) / (long - short) for ts, tl in zip(shorts[name], longs[name])]
+        step = statistics.median(steps)
+        timings[name] = Timing(
+            ms_per_step=1e3 * step,
+            ms_range=(1e3 * min(steps), 1e3 * max(steps)),
+            prefill_ms=1e3 * (statistics.median(shorts[name]) - (short - 1) * step),
+            warmup_s=first[name] - statistics.median(shorts[name]) - statistics.median(longs[name]),
+            tokens=run(long),
+        )
+    return timings
 
 
 def elm_jax_runner(loaded: LoadedDecoder, ids: np.ndarray, mask: np.ndarray) -> Runner:
@@ -172,13 +180,16 @@ def main() -> None:
     prompt_ids = loaded.tokenizer.encode(PROMPT)
     inputs = {b: gen.left_pad([prompt_ids] * b, loaded.tokenizer.pad_id, PROMPT_LEN) for b in batches}
 
-    elm = {b: measure(elm_jax_runner(loaded, *inputs[b]), short, long, args.repeats) for b in batches}
-    ref: dict[int, Timing] = {}
+    runs = {b: {"elm_jax": elm_jax_runner(loaded, *inputs[b])} for b in batches}
     torch_version = None
     if not args.skip_reference:
-        runners, torch_version = transformers_runners(loaded.path, inputs, loaded.tokenizer.pad_id, threads)
-        ref = {b: measure(runners[b], short, long, args.repeats) for b in batches}
+        ref_runs, torch_version = transformers_runners(loaded.path, inputs, loaded.tokenizer.pad_id, threads)
+        for b in batches:
+            runs[b]["transformers"] = ref_runs[b]
         print(f"torch {torch_version}, {threads} threads")
+    timed = {b: measure(runs[b], short, long, args.repeats) for b in batches}
+    elm = {b: timed[b]["elm_jax"] for b in batches}
+    ref: dict[int, Timing] = {b: timed[b]["transformers"] for b in batches if "transformers" in timed[b]}
 
     # Bandwidth limit: every weight read once per step (the tied embedding once, as the LM head) plus
     # the K and V caches at the mean cache length of the differenced steps.
