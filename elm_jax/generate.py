@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elm_jax.data.prompts import EncodedPrompt, Query, pad_prompts
-from elm_jax.models.decoder import Decoder, init_cache, separate_layers
+from elm_jax.models.decoder import Decoder, separate_cache, separate_layers
 from elm_jax.models.decoder_config import DecoderConfig
 from elm_jax.models.elm import ELM, ELMConfig
 from elm_jax.tokenizer import Tokenizer
@@ -62,6 +62,7 @@ def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
 
 @functools.cache
 def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int):
+    prefill_config = dataclasses.replace(config, remat_policy="none")
     decode_config = dataclasses.replace(config, scan_layers=False, remat_policy="none")
     model = Decoder(decode_config)
     n_new = sampling.max_new_tokens
@@ -69,14 +70,14 @@ def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids
 
     def run(params, embeddings: Array, mask: Array, rng: Array) -> tuple[Array, Array]:
         b, t = mask.shape
-        params = separate_layers(config, params)  # once per call, not per layer and step; see `generate`
-        variables = {"params": params}
-        # The barrier keeps the empty cache from being a compile-time constant: XLA would otherwise spend minutes
-        # constant-folding the prefill's scores against it for long prompts.
-        cache = jax.lax.optimization_barrier(init_cache(decode_config, b, t + n_new))
+        # Prefill as the model is laid out (scanned: one layer to compile); decode as separate layers.
+        hidden, cache = Decoder(prefill_config).apply(
+            {"params": params}, embeddings, mask, t + n_new, method=Decoder.prefill
+        )
+        cache = separate_cache(config, cache)
+        variables = {"params": separate_layers(config, params)}  # once per call, not per layer and step
         # Prompts are left-padded, so the last position is every row's last prompt token: the vocab-wide head
         # runs there only (on every position it is ~a fifth of SmolLM2's prefill FLOPs, for nothing).
-        hidden, cache = model.apply(variables, embeddings=embeddings, mask=mask, cache=cache, return_hidden=True)
         logits = model.apply(variables, hidden[:, -1], method=Decoder.logits)
         next_pos = jnp.sum(mask.astype(jnp.int32), axis=1)
         rng, key = jax.random.split(rng)
@@ -123,8 +124,10 @@ def generate(
 
     Scanned layers decode as separate ones (`separate_layers`, once per call): slicing each layer's weights
     out of the stack at every step nearly doubled an H100's step time, and on this project's 2-core Intel Xeon
-    VM SmolLM2 took 71 against 40 ms per step at batch 1 (80 against 73 at batch 8). The price is a longer
-    compile (SmolLM2 there: ~16 s against ~6 s per program) and a second copy of the layer weights during the call.
+    VM SmolLM2 took 71 against 40 ms per step at batch 1 (80 against 73 at batch 8). The prompt is prefilled
+    with the layers as the model has them (`Decoder.prefill`): scanned, only the decode loop is unrolled, and
+    SmolLM2's programs there compile in 4-6 s against 7-8 s with an unrolled prefill. The price of separate layers
+    is that compile time and a second copy of the layer weights during the call.
     """
     fn = _compiled_generate(model.config, sampling, tuple(int(s) for s in stop_ids), int(pad_id))
     return fn(params, embeddings, mask, rng)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from elm_jax.models.decoder import Decoder, init_cache, separate_layers
+from elm_jax.models.decoder import Decoder, init_cache, separate_cache, separate_layers
 from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
 from elm_jax.weights import hf
 from tests import fixtures
@@ -93,6 +93,33 @@ def test_kv_cache_decoding_matches_full_recomputation(any_family, scan):
     np.testing.assert_allclose(incremental[mask], np.asarray(full)[mask], atol=1e-5)
     assert int(cache["end"]) == 11
     np.testing.assert_array_equal(cache["positions"][0, :11], [-1, -1] + list(range(9)))
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_prefill_builds_the_cache_that_cached_calls_would(any_family, scan):
+    model, params = _load(any_family[1], scan_layers=scan)
+    ids = _ids(2, 7, seed=4)
+    mask = np.ones_like(ids, dtype=bool)
+    mask[1, :3] = False
+    emb = model.apply({"params": params}, ids, method=Decoder.embed)
+    hidden, cache = model.apply({"params": params}, emb, mask, 12, method=Decoder.prefill)
+    ref_hidden, ref_cache = model.apply(
+        {"params": params}, embeddings=emb, mask=mask, cache=init_cache(model.config, 2, 12), return_hidden=True
+    )
+    np.testing.assert_allclose(hidden[mask], ref_hidden[mask], atol=1e-5)  # padding rows attend differently
+    assert jax.tree.structure(cache) == jax.tree.structure(ref_cache)
+    np.testing.assert_array_equal(cache["positions"], ref_cache["positions"])
+    assert int(cache["end"]) == int(ref_cache["end"]) == 7
+    used = (np.asarray(cache["positions"]) >= 0)[:, None, :, None]  # padding slots are never attended
+    for ours, ref in zip(jax.tree.leaves((cache["k"], cache["v"])), jax.tree.leaves((ref_cache["k"], ref_cache["v"]))):
+        assert ours.shape == ref.shape
+        np.testing.assert_allclose(np.where(used, ours, 0), np.where(used, ref, 0), atol=1e-5)
+    np.testing.assert_array_equal(cache["positions"][1], [-1] * 3 + list(range(4)) + [-1] * 5)
+    separated = separate_cache(model.config, cache)  # what generation decodes with
+    assert isinstance(separated["k"], tuple) and len(separated["k"]) == model.config.num_layers
+    np.testing.assert_array_equal(separated["v"][1], cache["v"][1])
+    with pytest.raises(ValueError, match="cache_size 6 is smaller than the prompt's 7 tokens"):
+        model.apply({"params": params}, emb, mask, 6, method=Decoder.prefill)
 
 
 def test_scanned_and_unscanned_layouts_compute_the_same(tiny):

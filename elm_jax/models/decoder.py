@@ -67,6 +67,14 @@ def separate_layers(config: DecoderConfig, params: dict) -> dict:
     return params
 
 
+def separate_cache(config: DecoderConfig, cache: Cache) -> Cache:
+    """A scanned model's cache (stacked keys and values) in the separate-layers layout (`separate_layers`)."""
+    if not config.scan_layers:
+        return cache
+    unstack = lambda stacked: tuple(stacked[i] for i in range(config.num_layers))
+    return {**cache, "k": unstack(cache["k"]), "v": unstack(cache["v"])}
+
+
 def positions_from_mask(mask: Array, offset: Array | int = 0) -> Array:
     """Positions for left-padded rows: real tokens count 0, 1, ... after `offset` earlier tokens."""
     return (jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1 + jnp.asarray(offset)[..., None]).clip(min=0)
@@ -145,34 +153,14 @@ class Decoder(nn.Module):
         if positions is None:
             offset = 0 if cache is None else jnp.max(cache["positions"], axis=1) + 1
             positions = positions_from_mask(mask, offset)
-        cos_g, sin_g = rope_tables(positions, cfg.rope.inv_freq(cfg.head_dim))
-        cos_l, sin_l = rope_tables(positions, cfg.local_rope.inv_freq(cfg.head_dim))
-        shared = dict(
-            positions=positions, mask=mask, cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l
-        )
-        is_global = jnp.asarray(np.array(cfg.layer_is_global))
+        shared = self._shared(positions, mask)
         if cache is not None:  # the new tokens' slots, written before any layer attends over the cache
             start = cache["end"]
             new_positions = jnp.where(mask, positions, -1).astype(jnp.int32)
             shared["cache_positions"] = jax.lax.dynamic_update_slice(cache["positions"], new_positions, (0, start))
             shared["cache_end"] = start
 
-        if cfg.scan_layers:
-            layer_in = {"is_global": is_global}
-            if cache is not None:
-                layer_in["cache_kv"] = (cache["k"], cache["v"])
-            x, (new_k, new_v) = self.layers(x, layer_in, shared)
-        else:
-            new_k, new_v = [], []
-            for i, layer in enumerate(self.layers):
-                layer_in = {"is_global": is_global[i]}
-                if cache is not None:
-                    layer_in["cache_kv"] = (cache["k"][i], cache["v"][i])
-                x, (k, v) = layer(x, layer_in, shared)
-                new_k.append(k)
-                new_v.append(v)
-            new_k, new_v = tuple(new_k), tuple(new_v)
-
+        x, (new_k, new_v) = self._layers(x, shared, None if cache is None else (cache["k"], cache["v"]))
         new_cache = None
         if cache is not None:
             new_cache = {"k": new_k, "v": new_v, "positions": shared["cache_positions"], "end": start + t}
@@ -180,6 +168,60 @@ class Decoder(nn.Module):
         if return_hidden:
             return x, new_cache
         return self.logits(x), new_cache
+
+    def prefill(self, embeddings: Array, mask: Array, cache_size: int) -> tuple[Array, Cache]:
+        """Final-norm hidden states (B, T, D) of left-padded prompts and a `cache_size`-slot cache holding them.
+
+        The prompt attends only to itself (no empty cache slots scored), and scanned layers stay scanned: a
+        prompt is compute-bound, so the per-layer weight slice a scan costs is small next to its matmuls, and
+        one scanned layer compiles far faster than the unrolled stack the decode loop runs.
+        """
+        cfg = self.config
+        x = embeddings.astype(cfg.dtype)
+        t = x.shape[1]
+        if cache_size < t:
+            raise ValueError(f"cache_size {cache_size} is smaller than the prompt's {t} tokens")
+        mask = mask.astype(bool)
+        positions = positions_from_mask(mask)
+        x, (k, v) = self._layers(x, self._shared(positions, mask), None)
+        # (B, T, kv_heads, head_dim) per layer -> the cache's (B, kv_heads, slots, head_dim), zeros after the prompt.
+        slots = lambda a: jnp.pad(jnp.swapaxes(a, -3, -2), [(0, 0)] * (a.ndim - 2) + [(0, cache_size - t), (0, 0)])
+        k, v = jax.tree.map(slots, (k, v))
+        prompt_positions = jnp.where(mask, positions, -1).astype(jnp.int32)
+        cache = {
+            "k": k,
+            "v": v,
+            "positions": jnp.pad(prompt_positions, ((0, 0), (0, cache_size - t)), constant_values=-1),
+            "end": jnp.asarray(t, jnp.int32),
+        }
+        return self.final_norm(x), cache
+
+    def _shared(self, positions: Array, mask: Array) -> dict:
+        """What every layer reads besides its input: positions, mask and both RoPE tables."""
+        cfg = self.config
+        cos_g, sin_g = rope_tables(positions, cfg.rope.inv_freq(cfg.head_dim))
+        cos_l, sin_l = rope_tables(positions, cfg.local_rope.inv_freq(cfg.head_dim))
+        return dict(
+            positions=positions, mask=mask, cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l
+        )
+
+    def _layers(self, x: Array, shared: dict, cache_kv: tuple[Any, Any] | None) -> tuple[Array, tuple[Any, Any]]:
+        """All layers; returns the output and each layer's keys and values (the updated cache's, given one)."""
+        is_global = jnp.asarray(np.array(self.config.layer_is_global))
+        if self.config.scan_layers:
+            layer_in = {"is_global": is_global}
+            if cache_kv is not None:
+                layer_in["cache_kv"] = cache_kv
+            return self.layers(x, layer_in, shared)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            layer_in = {"is_global": is_global[i]}
+            if cache_kv is not None:
+                layer_in["cache_kv"] = (cache_kv[0][i], cache_kv[1][i])
+            x, (k, v) = layer(x, layer_in, shared)
+            new_k.append(k)
+            new_v.append(v)
+        return x, (tuple(new_k), tuple(new_v))
 
     def logits(self, hidden: Array) -> Array:
         """Final-norm hidden states -> float32 logits (tied or separate head, optional softcap)."""
