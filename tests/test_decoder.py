@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from elm_jax.models import layers
 from elm_jax.models.decoder import Decoder, init_cache, separate_cache, separate_layers
 from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
 from elm_jax.weights import hf
@@ -134,6 +135,29 @@ def test_scanned_and_unscanned_layouts_compute_the_same(tiny):
     np.testing.assert_allclose(
         scanned.apply({"params": p_scan}, ids)[0], unscanned.apply({"params": p_loop}, ids)[0], atol=1e-5
     )
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+def test_gated_mlp_backward_matches_autodiff(activation):
+    act = layers._ACTIVATIONS[activation]
+    keys = jax.random.split(jax.random.key(0), 5)
+    x = jax.random.normal(keys[0], (2, 5, 8))
+    weights = tuple(jax.random.normal(k, s) for k, s in zip(keys[1:4], [(8, 12), (8, 12), (12, 8)]))
+    d_out = jax.random.normal(keys[4], (2, 5, 8))
+    plain = lambda x, wg, wu, wd: (act(x @ wg) * (x @ wu)) @ wd
+    out, vjp = jax.vjp(lambda *a: layers.gated_mlp(act, *a), x, *weights)
+    ref_out, ref_vjp = jax.vjp(plain, x, *weights)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6)
+    for ours, ref in zip(vjp(d_out), ref_vjp(d_out), strict=True):
+        assert ours.shape == ref.shape
+        np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_unknown_activation_is_named(tmp_path):
+    model, params = _load(fixtures.write_hf_checkpoint(tmp_path, "llama"))
+    relu = Decoder(model.config.replace(activation="relu"))
+    with pytest.raises(ValueError, match="activation 'relu' is not one of silu, gelu_tanh"):
+        relu.apply({"params": params}, _ids(1, 3))
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
