@@ -25,6 +25,7 @@ devices="${DEVICES_PER_PROCESS:-1}"
 
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
+source launch/cpu_allocator.sh
 # An explicit port: jax's default coordinator port has changed between versions (jax_anchors §3.4).
 port="${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 logdir="${LOGDIR:-runs/local_multiprocess/$(date +%Y%m%d-%H%M%S)}"

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh ""  # an explicit (empty) extra: a bare `source` would pass this script's arguments
+source launch/cpu_allocator.sh
 exec "$PY" -m elm_jax.main --config=configs/default.py --workdir="${WORKDIR:-runs/default}" "$@"

@@ -232,3 +232,34 @@ def test_sourcing_setup_env_leaves_the_callers_shell_as_it_was(tmp_path):
     options, folder, py = shell.stdout.splitlines()[0].split("|")
     assert "e" not in options and "u" not in options and folder == str(tmp_path)
     assert py.endswith("/bin/python") and shell.stdout.splitlines()[-1] == "survived"
+
+
+@pytest.mark.parametrize(
+    ("listed", "env", "expected"),
+    [
+        (True, {}, "/opt/lib/libjemalloc.so.2|dirty_decay_ms:-1,muzzy_decay_ms:-1"),
+        (True, {"ELM_JAX_JEMALLOC": "0"}, "|"),
+        (True, {"LD_PRELOAD": "/mine.so"}, "/mine.so|"),  # a preload the user set wins
+        (False, {}, "|"),  # no jemalloc installed: glibc's malloc
+    ],
+    ids=["found", "turned-off", "user-preload", "absent"],
+)
+def test_cpu_allocator_preloads_jemalloc_only_when_installed_and_wanted(tmp_path, listed, env, expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ldconfig").write_text(
+        "#!/usr/bin/env bash\n"
+        + ('echo "\tlibjemalloc.so.2 (libc6,x86-64) => /opt/lib/libjemalloc.so.2"\n' if listed else "")
+        + 'echo "\tlibc.so.6 (libc6,x86-64) => /lib/libc.so.6"\n'
+    )
+    (bin_dir / "ldconfig").chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "ELM_JAX_JEMALLOC")}
+    run = subprocess.run(
+        ["bash", "-c", 'source launch/cpu_allocator.sh; echo "${LD_PRELOAD:-}|${MALLOC_CONF:-}"'],
+        cwd=ROOT,
+        env={**base, **env, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected
