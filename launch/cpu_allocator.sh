@@ -6,7 +6,8 @@
 # (benchmarks/README.md). The price: the process keeps its peak memory until it exits.
 # A preload already set wins; ELM_JAX_JEMALLOC=0 turns this off.
 _elm_ldconfig="$(command -v ldconfig || echo /sbin/ldconfig)"  # /sbin is not on every user's PATH
-_elm_jemalloc="$("$_elm_ldconfig" -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $NF; exit}')"
+# Never fails (the launch scripts run under `set -euo pipefail`): no ldconfig, or no jemalloc, gives "".
+_elm_jemalloc="$({ "$_elm_ldconfig" -p 2>/dev/null || true; } | awk '/libjemalloc\.so\.2 /{found = $NF} END {print found}')"
 if [ -n "$_elm_jemalloc" ] && [ "${ELM_JAX_JEMALLOC:-1}" != 0 ] && [ -z "${LD_PRELOAD:-}" ]; then
   export LD_PRELOAD="$_elm_jemalloc"
   export MALLOC_CONF="${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}"

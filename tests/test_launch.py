@@ -241,21 +241,23 @@ def test_sourcing_setup_env_leaves_the_callers_shell_as_it_was(tmp_path):
         (True, {"ELM_JAX_JEMALLOC": "0"}, "|"),
         (True, {"LD_PRELOAD": "/mine.so"}, "/mine.so|"),  # a preload the user set wins
         (False, {}, "|"),  # no jemalloc installed: glibc's malloc
+        (None, {}, "|"),  # ldconfig itself fails: still no error under `set -euo pipefail`
     ],
-    ids=["found", "turned-off", "user-preload", "absent"],
+    ids=["found", "turned-off", "user-preload", "absent", "no-ldconfig"],
 )
 def test_cpu_allocator_preloads_jemalloc_only_when_installed_and_wanted(tmp_path, listed, env, expected):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "ldconfig").write_text(
         "#!/usr/bin/env bash\n"
+        + ("exit 1\n" if listed is None else "")
         + ('echo "\tlibjemalloc.so.2 (libc6,x86-64) => /opt/lib/libjemalloc.so.2"\n' if listed else "")
         + 'echo "\tlibc.so.6 (libc6,x86-64) => /lib/libc.so.6"\n'
     )
     (bin_dir / "ldconfig").chmod(0o755)
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "ELM_JAX_JEMALLOC")}
     run = subprocess.run(
-        ["bash", "-c", 'source launch/cpu_allocator.sh; echo "${LD_PRELOAD:-}|${MALLOC_CONF:-}"'],
+        ["bash", "-c", 'set -euo pipefail; source launch/cpu_allocator.sh; echo "${LD_PRELOAD:-}|${MALLOC_CONF:-}"'],
         cwd=ROOT,
         env={**base, **env, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
         capture_output=True,
