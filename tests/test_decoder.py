@@ -49,6 +49,14 @@ def _ids(batch: int, length: int, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(3, 97, (batch, length)).astype(np.int32)
 
 
+def _left_padded(batch: int, length: int, seed: int, padding: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Random ids and a mask whose row r starts with padding[r] pad positions."""
+    mask = np.ones((batch, length), bool)
+    for row, n in padding.items():
+        mask[row, :n] = False
+    return _ids(batch, length, seed), mask
+
+
 def test_embeddings_input_equals_token_input(tiny):
     model, params = _load(tiny[1])
     ids = _ids(2, 9)
@@ -68,10 +76,7 @@ def test_gemma_embed_is_scaled(tmp_path):
 def test_matches_numpy_reference_with_left_padding(any_family, scan):
     family, path = any_family
     model, params = _load(path, scan_layers=scan)
-    ids = _ids(3, 12)
-    mask = np.ones_like(ids, dtype=bool)
-    mask[1, :4] = False  # row 1 is left-padded by 4, row 2 by 9 (beyond gemma's window of 4)
-    mask[2, :9] = False
+    ids, mask = _left_padded(3, 12, seed=0, padding={1: 4, 2: 9})  # row 2: beyond gemma's window of 4
     logits, _ = model.apply({"params": params}, ids, mask=mask)
     ref = numpy_llm.forward(fixtures.load_hf_weights(path), fixtures.load_hf_config(path), ids=ids, mask=mask)
     np.testing.assert_allclose(np.where(mask[..., None], logits, 0), np.where(mask[..., None], ref, 0), atol=1e-4)
@@ -80,9 +85,7 @@ def test_matches_numpy_reference_with_left_padding(any_family, scan):
 @pytest.mark.parametrize("scan", [True, False])
 def test_kv_cache_decoding_matches_full_recomputation(any_family, scan):
     model, params = _load(any_family[1], scan_layers=scan)
-    ids = _ids(2, 11, seed=3)
-    mask = np.ones_like(ids, dtype=bool)
-    mask[0, :2] = False
+    ids, mask = _left_padded(2, 11, seed=3, padding={0: 2})
     full, _ = model.apply({"params": params}, ids, mask=mask)
     cache = init_cache(model.config, batch=2, max_len=16)
     step, cache = model.apply({"params": params}, ids[:, :5], mask=mask[:, :5], cache=cache)
@@ -99,9 +102,7 @@ def test_kv_cache_decoding_matches_full_recomputation(any_family, scan):
 @pytest.mark.parametrize("scan", [True, False])
 def test_prefill_builds_the_cache_that_cached_calls_would(any_family, scan):
     model, params = _load(any_family[1], scan_layers=scan)
-    ids = _ids(2, 7, seed=4)
-    mask = np.ones_like(ids, dtype=bool)
-    mask[1, :3] = False
+    ids, mask = _left_padded(2, 7, seed=4, padding={1: 3})
     emb = model.apply({"params": params}, ids, method=Decoder.embed)
     hidden, cache = model.apply({"params": params}, emb, mask, 12, method=Decoder.prefill)
     ref_hidden, ref_cache = model.apply(
