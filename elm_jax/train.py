@@ -39,7 +39,7 @@ from elm_jax.lora import LoraConfig, apply_lora, init_lora
 from elm_jax.models.adapter import AdapterConfig
 from elm_jax.models.elm import ELM, ELMConfig, init_params
 from elm_jax.optim import OptimConfig, is_rule, learning_rate, make_optimizer, merge, partition, path_regex
-from elm_jax.train_log import MetricsWriter, peak_flops_per_device, train_flops_per_token
+from elm_jax.train_log import MetricsWriter, StepTrace, peak_flops_per_device, train_flops_per_token
 from elm_jax.train_step import StepConfig, make_eval_step, make_train_step
 
 Rules = Sequence[tuple[str, Any]]
@@ -58,6 +58,8 @@ class StageConfig:
     keep: int = 2
     async_save: bool = True
     peak_flops_per_device: float = 0.0  # 0: look up the device kind; unknown kinds (CPU) report no MFU
+    profile_steps: int = 0  # steps traced with jax.profiler into logs/ (TensorBoard's profile tab); 0: none
+    profile_skip: int = 1  # steps this run takes before the trace: compilation and warm-up stay out of it
 
 
 def init_args(model: ELM) -> tuple:
@@ -293,9 +295,12 @@ def _loop(model, stage, tx, state, frozen, data, start, run, ckpt, writer, shard
             writer.write(step, scalars, prefix=name)
 
     t_last, step_last = time.perf_counter(), start
-    with tqdm(total=steps, initial=start, desc=stage.name, unit="step", disable=None) as bar:
+    trace = StepTrace(writer.directory, start + stage.profile_skip, stage.profile_steps)
+    with trace, tqdm(total=steps, initial=start, desc=stage.name, unit="step", disable=None) as bar:
         for step in range(start, steps):
+            trace.before(step)
             state, metrics = compiled(state, frozen, global_batch(data.host_batch(step), b_sh, spec))
+            trace.after(step, (state, metrics))
             done = step + 1
             if done % stage.log_every == 0 or done == steps:
                 metrics = jax.device_get(metrics)
@@ -364,6 +369,9 @@ def _stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
     if bad:
         example = "(('adapters_.*', 20.0),)"
         raise ValueError(f"lr_multipliers: a tuple of (regex, factor) pairs, e.g. {example}; got {bad[0]!r}")
+    for field in ("profile_steps", "profile_skip"):
+        if not isinstance(c[field], int) or c[field] < 0:
+            raise ValueError(f"{field}: a step count (an int >= 0); got {c[field]!r}")
     lora = LoraConfig(c.lora.rank, c.lora.alpha, c.lora.targets) if c.lora.rank else None
     optim = OptimConfig(
         learning_rate=c.learning_rate,
@@ -388,6 +396,8 @@ def _stage_from_config(name: str, c: Any, seed: int) -> StageConfig:
         keep=c.keep,
         async_save=c.async_save,
         peak_flops_per_device=c.peak_flops_per_device,
+        profile_steps=c.profile_steps,
+        profile_skip=c.profile_skip,
     )
 
 

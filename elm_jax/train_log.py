@@ -1,4 +1,5 @@
-"""Training metrics: FLOP accounting for MFU, and one writer for the console, TensorBoard and a JSONL log.
+"""Training metrics: FLOP accounting for MFU, one writer for the console, TensorBoard and a JSONL log, and a
+profiler trace of chosen steps.
 
 FLOPs are counted the MaxText way (every matmul; causal attention as half of the full square). Stage 1
 still backpropagates through the frozen LLM to reach the adapter, so its matmuls cost forward + input
@@ -126,3 +127,39 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+class StepTrace:
+    """A jax.profiler trace of steps [first, first + count) of a loop, for TensorBoard's profile tab or xprof.
+
+    Written to `directory`/plugins/profile/<time>/<host>.xplane.pb (every process writes its own host's), so
+    with `directory` the TensorBoard log folder the trace sits beside the scalars. The trace ends after
+    waiting for the last traced step's outputs: the step's device work is in it, not only its dispatch.
+    """
+
+    def __init__(self, directory: str | os.PathLike, first: int, count: int):
+        self.directory, self.first, self.end = pathlib.Path(directory), first, first + count
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if step == self.first and self.first < self.end:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+
+    def after(self, step: int, outputs: Any) -> None:
+        if self.active and step + 1 == self.end:
+            jax.block_until_ready(outputs)
+            self.close()
+            logging.info("profiled steps %d-%d to %s", self.first + 1, self.end, self.directory)
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+    def __enter__(self) -> StepTrace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # a trace the loop did not run to its end (fewer steps left, or a failure)

@@ -161,9 +161,25 @@ def test_bad_regexes_and_rules_in_a_stage_are_named():
         (dict(lr_multipliers=("adapters_.*", 20.0)), r"config.stage1: lr_multipliers: a tuple of \(regex, factor\)"),
         (dict(lr_multipliers=(("[x", 2.0),)), r"config.stage1: lr_multipliers: '\[x' is not a valid regex"),
         (dict(lora=dict(rank=2, targets="llm/(")), r"config.stage1: lora.targets: 'llm/\(' is not a valid regex"),
+        (dict(profile_steps=-1), r"config.stage1: profile_steps: a step count \(an int >= 0\); got -1"),
     ):
         with pytest.raises(ValueError, match=message):
             stage_from_config("stage1", stage_config(**fields), 0)
+
+
+def test_profile_traces_the_chosen_steps_beside_the_scalars(tiny, tmp_path):
+    model, params, sequences = tiny
+    mesh = shd.make_mesh({"data": -1})
+    data = Batches(sequences, _spec(), pad_id=0, seed=0)
+    # 3 steps, traced from the second for 5: the trace ends with the loop, and none is left running.
+    train_stage(model, params, _stage(steps=3, profile_skip=1, profile_steps=5), data, mesh, tmp_path / "a")
+    traces = list((tmp_path / "a" / "stage1" / "logs" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and b"jit_step" in traces[0].read_bytes()  # the train step ran inside it
+    jax.profiler.start_trace(str(tmp_path / "next"))  # fails if the trainer left its trace running
+    jax.profiler.stop_trace()
+    # A trace that would start after the last step is never begun.
+    train_stage(model, params, _stage(steps=2, profile_skip=2, profile_steps=1), data, mesh, tmp_path / "b")
+    assert not (tmp_path / "b" / "stage1" / "logs" / "plugins").exists()
 
 
 def test_stage1_trains_adapters_and_leaves_every_llm_weight_bit_identical(tiny, tmp_path):
