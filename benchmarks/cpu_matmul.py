@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from decode import copy_bandwidth, cpu_model  # noqa: E402  (importing elm_jax there sets XLA:CPU flags)
+from encoder import markdown  # noqa: E402
 
 from elm_jax.io_utils import atomic_write_json  # noqa: E402
 
@@ -95,8 +96,8 @@ def train_rates(d_in: int, d_out: int, repeats: int, rng: np.random.Generator) -
     return rates
 
 
-def _row(*cells: object) -> None:
-    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+def _compared(elm_jax: float, torch_rate: float, digits: int) -> list[str]:
+    return [f"{elm_jax:.{digits}f}", f"{torch_rate:.{digits}f}", f"{elm_jax / torch_rate:.2f}x"]
 
 
 def main() -> None:
@@ -109,28 +110,22 @@ def main() -> None:
     bandwidth, how = copy_bandwidth()
     print(f"{cpu_model()}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s ({how})\n")
-    _row("decode matmul", "in x out", "rows", "elm_jax GB/s", "torch GB/s", "elm_jax / torch")
-    _row(*["---"] * 6)
-    decode = []
+    decode, train = [], []
+    header = ["in x out", "rows", "elm_jax GB/s", "torch GB/s", "elm_jax / torch"]
+    table = [["decode matmul", *header]]
     for name, d_in, d_out in SHAPES:
         for rows in (1, 8):
             r = decode_rates(d_in, d_out, rows, args.repeats, rng)
             decode.append({"matmul": name, "in": d_in, "out": d_out, "rows": rows, **r})
-            jax_rate, torch_rate = r["elm_jax_gb_s"], r["torch_gb_s"]
-            ratio = f"{jax_rate / torch_rate:.2f}x"
-            _row(name, f"{d_in} x {d_out}", rows, f"{jax_rate:.1f}", f"{torch_rate:.1f}", ratio)
-    print()
-    _row(
-        f"train matmul, {TRAIN_TOKENS} tokens", "in x out", "op", "elm_jax GFLOP/s", "torch GFLOP/s", "elm_jax / torch"
-    )
-    _row(*["---"] * 6)
-    train = []
+            table.append([name, f"{d_in} x {d_out}", str(rows), *_compared(r["elm_jax_gb_s"], r["torch_gb_s"], 1)])
+    print(markdown(table) + "\n", flush=True)
+    header = ["in x out", "op", "elm_jax GFLOP/s", "torch GFLOP/s", "elm_jax / torch"]
+    table = [[f"train matmul, {TRAIN_TOKENS} tokens", *header]]
     for name, d_in, d_out in SHAPES:
         for op, r in train_rates(d_in, d_out, args.repeats, rng).items():
             train.append({"matmul": name, "in": d_in, "out": d_out, "op": op, **r})
-            jax_rate, torch_rate = r["elm_jax_gflop_s"], r["torch_gflop_s"]
-            ratio = f"{jax_rate / torch_rate:.2f}x"
-            _row(name, f"{d_in} x {d_out}", op, f"{jax_rate:.0f}", f"{torch_rate:.0f}", ratio)
+            table.append([name, f"{d_in} x {d_out}", op, *_compared(r["elm_jax_gflop_s"], r["torch_gflop_s"], 0)])
+    print(markdown(table))
     if args.out:
         atomic_write_json(
             args.out,

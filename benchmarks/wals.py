@@ -27,12 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 
 import numpy as np
 
 from elm_jax.data import wals  # importing elm_jax sets XLA:CPU flags before any backend starts
 from elm_jax.io_utils import atomic_write_json
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from encoder import markdown  # noqa: E402  (the benchmarks' one table format)
 
 GOAL_TIME_RATIO = 2.0  # elm_jax seconds per iteration over implicit's (same solver), at most, at equal recall
 RECALL_TOLERANCE = 0.01  # "equal recall": Recall@20 within this of implicit's
@@ -134,12 +136,6 @@ def fit_child(args: argparse.Namespace) -> None:
         "rss_after_data_mb": rss_data,
     }
     pathlib.Path(args.result).write_text(json.dumps(result))
-
-
-def markdown(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows[1:]])
 
 
 def main() -> None:
