@@ -59,7 +59,7 @@ def stage_config(**fields) -> ml_collections.ConfigDict:
             async_save=True,
             peak_flops_per_device=0.0,  # for MFU; 0 looks the device kind up (none on CPU)
             # Trace this many steps with jax.profiler into <workdir>/<stage>/logs (TensorBoard's profile tab,
-            # or xprof), after profile_skip steps of the run (compilation and warm-up); 0: no trace.
+            # or xprof), after profile_skip steps of the run (the first step's warm-up); 0: no trace.
             profile_steps=0,
             profile_skip=1,
         )

@@ -59,7 +59,7 @@ class StageConfig:
     async_save: bool = True
     peak_flops_per_device: float = 0.0  # 0: look up the device kind; unknown kinds (CPU) report no MFU
     profile_steps: int = 0  # steps traced with jax.profiler into logs/ (TensorBoard's profile tab); 0: none
-    profile_skip: int = 1  # steps this run takes before the trace: compilation and warm-up stay out of it
+    profile_skip: int = 1  # steps this run takes before the trace, so the first step's warm-up stays out
 
 
 def init_args(model: ELM) -> tuple:
