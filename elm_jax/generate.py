@@ -162,6 +162,7 @@ def generate_text(
     batch_size: int = 8,
 ) -> list[str]:
     """Plain-text prompts -> completions (without the stop token), `batch_size` prompts per call."""
+    _check_batch_size(batch_size)
     encoded = [tokenizer.encode(tokenizer.chat_prompt(p) if chat else p) for p in prompts]
     length = bucket(max(len(e) for e in encoded))
     rng = jax.random.key(seed)
@@ -186,6 +187,7 @@ def generate_elm_text(
     batch_size: int = 8,
 ) -> list[str]:
     """Prompts with embedding slots -> completions: the ELM's answer about the given vectors."""
+    _check_batch_size(batch_size)
     config = model.config
     length = bucket(max(len(q.prompt.tokens) for q in queries))
     n_slots = max(len(q.vectors) for q in queries)
@@ -211,6 +213,11 @@ def generate_elm_text(
         )
         out += _completions(tokenizer, tokens, lengths, len(chunk))
     return out
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size (prompts per generate call) must be an int >= 1, got {batch_size!r}")
 
 
 def bucket(n: int, minimum: int = 16) -> int:

@@ -131,6 +131,13 @@ def test_generate_text_compiles_once_per_length_bucket(tiny):
     assert len(chat) == 1
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0])
+def test_generate_text_names_a_bad_batch_size(tiny, batch_size):
+    path, model, params = tiny
+    with pytest.raises(ValueError, match=r"batch_size \(prompts per generate call\) must be an int >= 1"):
+        gen.generate_text(model, params, Tokenizer.from_dir(path), ["x"], gen.SamplingConfig(), batch_size=batch_size)
+
+
 def test_left_pad_rejects_prompts_that_do_not_fit():
     with pytest.raises(ValueError, match="prompt 1 has 0 tokens"):
         gen.left_pad([[1, 2], []], pad_id=0)

@@ -689,7 +689,11 @@ def run(config: Any, workdir: pathlib.Path) -> pathlib.Path:
     space_cavs = {path.stem: cavs_lib.load_cavs(path) for path in sorted((workdir / "cavs").glob("*.npz"))}
     registry = tasks_lib.registry(tasks_lib.load_task_file(e.task_file) if e.task_file else ())
     query_settings = QuerySettings(
-        sampling, chat=config.elm.chat, seed=config.seed, batch_size=e.batch_size, ndcg_k=config.report.ndcg_k
+        sampling,
+        chat=config.elm.chat,
+        seed=config.seed,
+        batch_size=config.report.batch_size,
+        ndcg_k=config.report.ndcg_k,
     )
     identity = trained.generation_identity(config, elm, sampling, config.eval.untrained)
     model = {
@@ -713,7 +717,7 @@ def run(config: Any, workdir: pathlib.Path) -> pathlib.Path:
             sampling=sampling,
             chat=config.elm.chat,
             seed=config.seed,
-            batch_size=e.batch_size,
+            batch_size=config.report.batch_size,
         ),
         targets=read_targets(workdir / "targets"),
         identity=json.dumps(identity, sort_keys=True),
