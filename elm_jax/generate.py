@@ -17,8 +17,9 @@ import numpy as np
 
 from elm_jax.data.prompts import EncodedPrompt, Query, pad_prompts
 from elm_jax.models.decoder import Decoder, separate_cache, separate_layers
-from elm_jax.models.decoder_config import DecoderConfig
+from elm_jax.models.decoder_config import QUANT_MODES, DecoderConfig
 from elm_jax.models.elm import ELM, ELMConfig
+from elm_jax.models.quantize import quantized_params
 from elm_jax.tokenizer import Tokenizer
 
 Array = jax.Array
@@ -30,6 +31,9 @@ class SamplingConfig:
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
+    # "int8": decode with int8 weights and activations (models/quantize.py), quantized inside each call; on the
+    # 2-core VM SmolLM2 decoded 1.5x (batch 1) and 2x (batch 8) faster, at +0.005 nats per token.
+    quant: str = "none"  # none | int8
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -40,6 +44,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.quant not in QUANT_MODES:
+            raise ValueError(f"quant must be one of {', '.join(QUANT_MODES)}, got {self.quant!r}")
 
 
 def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
@@ -62,6 +68,10 @@ def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
 
 @functools.cache
 def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int):
+    if sampling.quant != "none":
+        if config.quant != "none":
+            raise ValueError(f"sampling quant={sampling.quant!r} needs float params; the decoder is {config.quant}")
+        config = config.replace(quant=sampling.quant)
     prefill_config = dataclasses.replace(config, remat_policy="none")
     decode_config = dataclasses.replace(config, scan_layers=False, remat_policy="none")
     model = Decoder(decode_config)
@@ -70,6 +80,8 @@ def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids
 
     def run(params, embeddings: Array, mask: Array, rng: Array) -> tuple[Array, Array]:
         b, t = mask.shape
+        if sampling.quant == "int8":  # prefill and decode: one model for prompt and continuation
+            params = quantized_params(params)
         # Prefill as the model is laid out (scanned: one layer to compile); decode as separate layers.
         hidden, cache = Decoder(prefill_config).apply(
             {"params": params}, embeddings, mask, t + n_new, method=Decoder.prefill

@@ -17,27 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from elm_jax.models.layers import KERNEL_LAYOUT
 from elm_jax.optim import SEP, path_regex
 
-# How many leading axes of each kernel (after the scanned `layers` axis, if any) are inputs.
-_INPUT_AXES = {
-    "q_kernel": 1,
-    "k_kernel": 1,
-    "v_kernel": 1,
-    "o_kernel": 2,  # (heads, head_dim) -> embed
-    "gate_kernel": 1,
-    "up_kernel": 1,
-    "down_kernel": 1,
-}
-_BASE_NDIM = {
-    "q_kernel": 3,
-    "k_kernel": 3,
-    "v_kernel": 3,
-    "o_kernel": 3,
-    "gate_kernel": 2,
-    "up_kernel": 2,
-    "down_kernel": 2,
-}
 PREFIX = "lora"
 
 
@@ -62,16 +44,16 @@ def _targets(flat: dict[str, Any], cfg: LoraConfig) -> list[str]:
     paths = [k for k in flat if pattern.fullmatch(k)]
     if not paths:
         raise ValueError(f"lora targets {cfg.targets!r} match no parameter")
-    bad = [k for k in paths if k.rsplit(SEP, 1)[-1] not in _INPUT_AXES]
+    bad = [k for k in paths if k.rsplit(SEP, 1)[-1] not in KERNEL_LAYOUT]
     if bad:
-        raise ValueError(f"lora target {bad[0]!r} is not a projection kernel ({', '.join(_INPUT_AXES)})")
+        raise ValueError(f"lora target {bad[0]!r} is not a projection kernel ({', '.join(KERNEL_LAYOUT)})")
     return paths
 
 
 def _split(path: str, shape: tuple[int, ...]) -> tuple[int, int]:
     """(number of leading stacked axes, number of input axes) of a kernel."""
-    name = path.rsplit(SEP, 1)[-1]
-    return len(shape) - _BASE_NDIM[name], _INPUT_AXES[name]
+    ndim, n_in = KERNEL_LAYOUT[path.rsplit(SEP, 1)[-1]]
+    return len(shape) - ndim, n_in
 
 
 def init_lora(boxed_params: Any, cfg: LoraConfig, rng: jax.Array) -> dict:

@@ -37,7 +37,7 @@ def run_generate(config, workdir: pathlib.Path) -> None:
         time.perf_counter() - t0,
     )
     g = config.generate
-    sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+    sampling = SamplingConfig(g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.quant)
     t0 = time.perf_counter()
     texts = generate_text(
         loaded.model,

@@ -205,7 +205,7 @@ class Talker:
         elm = trained.load(config, workdir, mesh, encoder=encoder, untrained=q.untrained)
         cavs = {path.stem: load_cavs(path) for path in sorted((workdir / "cavs").glob("*.npz"))}
         extra = tasks_lib.load_task_file(config.eval.task_file) if config.eval.task_file else ()
-        sampling = SamplingConfig(q.max_new_tokens, q.temperature, q.top_k, q.top_p)
+        sampling = SamplingConfig(q.max_new_tokens, q.temperature, q.top_k, q.top_p, q.quant)
         settings = QuerySettings(
             sampling, chat=config.elm.chat, seed=config.seed, batch_size=q.batch_size, ndcg_k=q.ndcg_k
         )

@@ -53,6 +53,7 @@ def test_generate_job_writes_generations(tiny_checkpoint, tmp_path):
         (["--config.llm.checkpoint=/no/such/model"], "/no/such/model"),
         (["--config.generate.max_new_tokens=0"], "max_new_tokens"),
         (["--config.mesh.tensor=3"], "devices"),
+        (["--config.generate.quant=int4"], "quant"),
     ],
 )
 def test_bad_input_fails_cleanly_and_writes_nothing(tiny_checkpoint, tmp_path, args, message):

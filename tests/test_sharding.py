@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from elm_jax import sharding as shd
 from elm_jax.models.decoder import Decoder, abstract_params, init_cache
+from elm_jax.models.quantize import quantize_int8
 from elm_jax.weights import hf
 from tests import fixtures
 from tests.reference import numpy_llm
@@ -239,3 +240,22 @@ def test_sharded_cached_decoding_equals_unsharded(model, mesh):
         fixtures.load_hf_weights(ckpt), fixtures.load_hf_config(ckpt), ids=full_ids, mask=full_mask
     )
     np.testing.assert_allclose(single[2][:, 0], oracle[:, -1], atol=1e-4, rtol=0)
+
+
+def test_int8_model_shards_by_the_same_rules(model, mesh):
+    """Quantizing sharded params keeps them sharded (scales along their kernel's output axes); forward == one device."""
+    config, params, sharded, _ = model
+    qconfig, qparams = quantize_int8(config, params)
+    _, q_sharded = quantize_int8(config, sharded)
+    want = shd.logical_shardings(abstract_params(qconfig), mesh)
+    assert q_sharded["layers"]["mlp"]["gate_kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    assert want["layers"]["mlp"]["gate_kernel_scale"].spec == P(None, "tensor")
+    for got, expected in zip(jax.tree.leaves(q_sharded), jax.tree.leaves(qparams)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    q_sharded = jax.device_put(q_sharded, want)
+    ids, mask = _batch()
+    forward = jax.jit(lambda p, x, m: Decoder(qconfig).apply({"params": p}, x, mask=m)[0])
+    single = np.asarray(forward(qparams, ids, mask))
+    out = forward(q_sharded, *_put_batch(mesh, ids, mask))
+    assert len(out.sharding.device_set) == 8
+    np.testing.assert_allclose(np.asarray(out), single, atol=1e-4, rtol=0)

@@ -102,7 +102,7 @@ def settings_from_config(config: Any) -> EvalSettings:
 
 def sampling_from_config(config: Any) -> SamplingConfig:
     e = config.eval
-    return SamplingConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p)
+    return SamplingConfig(e.max_new_tokens, e.temperature, e.top_k, e.top_p, e.quant)
 
 
 def _slot_vectors(catalog: Catalog, task: Task, ex: Example, condition: str, rng: np.random.Generator):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elm_jax.models.decoder_config import DecoderConfig
-from elm_jax.models.layers import Block, RMSNorm, rope_tables
+from elm_jax.models.layers import Block, RMSNorm, int8_einsum, rope_tables
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -92,12 +92,19 @@ class Decoder(nn.Module):
     def setup(self):
         cfg = self.config
         pdt = jnp.dtype(cfg.param_dtype)
+        int8 = cfg.quant == "int8"  # codes with one scale per vocabulary row (models/quantize.py)
         self.embedding = self.param(
             "embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            nn.with_logical_partitioning(
+                nn.initializers.zeros if int8 else nn.initializers.normal(0.02), ("vocab", "embed")
+            ),
             (cfg.vocab_size, cfg.hidden_size),
-            pdt,
+            jnp.int8 if int8 else pdt,
         )
+        if int8:
+            self.embedding_scale = self.param(
+                "embedding_scale", nn.with_logical_partitioning(nn.initializers.ones, ("vocab",)), (cfg.vocab_size,)
+            )
         block = Block
         if cfg.remat_policy != "none":
             if cfg.remat_policy not in _REMAT_POLICIES:
@@ -118,15 +125,24 @@ class Decoder(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = self.param(
                 "lm_head",
-                nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
+                nn.with_logical_partitioning(
+                    nn.initializers.zeros if int8 else nn.initializers.lecun_normal(), ("embed", "vocab")
+                ),
                 (cfg.hidden_size, cfg.vocab_size),
-                pdt,
+                jnp.int8 if int8 else pdt,
             )
+            if int8:
+                self.lm_head_scale = self.param(
+                    "lm_head_scale", nn.with_logical_partitioning(nn.initializers.ones, ("vocab",)), (cfg.vocab_size,)
+                )
 
     def embed(self, tokens: Array) -> Array:
         """Token ids -> input embeddings (the LLM's E_0, Gemma's scale included)."""
         cfg = self.config
-        x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)
+        x = jnp.take(self.embedding, tokens, axis=0)
+        if cfg.quant == "int8":
+            x = x.astype(jnp.float32) * jnp.take(self.embedding_scale, tokens, axis=0)[..., None]
+        x = x.astype(cfg.dtype)
         return x * jnp.asarray(cfg.embed_scale, cfg.dtype) if cfg.embed_scale != 1.0 else x
 
     def __call__(
@@ -226,7 +242,12 @@ class Decoder(nn.Module):
     def logits(self, hidden: Array) -> Array:
         """Final-norm hidden states -> float32 logits (tied or separate head, optional softcap)."""
         cfg = self.config
-        if cfg.tie_embeddings:
+        if cfg.quant == "int8":
+            if cfg.tie_embeddings:
+                logits = int8_einsum("...d,vd->...v", hidden, self.embedding, self.embedding_scale, 1)
+            else:
+                logits = int8_einsum("...d,dv->...v", hidden, self.lm_head, self.lm_head_scale, 1)
+        elif cfg.tie_embeddings:
             logits = jnp.einsum(
                 "...d,vd->...v", hidden, self.embedding.astype(hidden.dtype), preferred_element_type=jnp.float32
             )

@@ -16,6 +16,7 @@ import numpy as np
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3")  # pre-norm blocks, SwiGLU, RoPE: the "llama" family
 SUPPORTED_MODEL_TYPES = (*LLAMA_LAYOUT, "gemma3_text", "gemma3")
 _LAYER_TYPES = ("full_attention", "sliding_attention")
+QUANT_MODES = ("none", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,9 @@ class DecoderConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"  # none | full | dots | dots_no_batch
+    # Inference-only approximation (models/quantize.py): "int8" kernels and embedding hold int8 codes with
+    # per-output-channel float32 scales, and each matmul quantizes its input per row.
+    quant: str = "none"  # none | int8
 
     def __post_init__(self):
         if self.family not in ("llama", "gemma3"):
@@ -104,6 +108,8 @@ class DecoderConfig:
             raise ValueError(f"global_layers has {len(self.global_layers)} entries for {self.num_layers} layers")
         if not all(self.global_layers) and self.sliding_window is None:
             raise ValueError("sliding-window layers need `sliding_window`")
+        if self.quant not in QUANT_MODES:
+            raise ValueError(f"quant {self.quant!r} is not one of {', '.join(QUANT_MODES)}")
 
     @property
     def layer_is_global(self) -> tuple[bool, ...]:
