@@ -68,10 +68,10 @@ def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
 
 @functools.cache
 def _compiled_generate(config: DecoderConfig, sampling: SamplingConfig, stop_ids: tuple[int, ...], pad_id: int):
-    if sampling.quant != "none":
+    if sampling.quant == "int8":
         if config.quant != "none":
             raise ValueError(f"sampling quant={sampling.quant!r} needs float params; the decoder is {config.quant}")
-        config = config.replace(quant=sampling.quant)
+        config = config.replace(quant="int8")
     prefill_config = dataclasses.replace(config, remat_policy="none")
     decode_config = dataclasses.replace(config, scan_layers=False, remat_policy="none")
     model = Decoder(decode_config)

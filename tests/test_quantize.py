@@ -134,7 +134,7 @@ def test_bad_quantization_requests_are_named(tiny):
         ids, mask = gen.left_pad([[5, 6]], pad_id=0)
         emb = Decoder(qconfig).apply({"params": qparams}, ids, method=Decoder.embed)
         gen.generate(Decoder(qconfig), qparams, emb, mask, jax.random.key(0), gen.SamplingConfig(quant="int8"))
-    boxed = {"llm": jax.tree.map(lambda x: x, abstract_params(config))}
+    boxed = {"llm": abstract_params(config)}
     lora = init_lora(boxed, LoraConfig(rank=2, targets=r"llm/layers.*/attn/q_kernel"), jax.random.key(0))
     with pytest.raises(ValueError, match="apply_lora"):
         quantize_int8(config, {**params, "lora": lora["lora"]})
