@@ -147,7 +147,8 @@ def _recorded_eval(config, **model_changes) -> dict:
 
 def test_eval_made_with_other_settings_is_stale(tmp_path):
     """Table 2 comes from eval/metrics.json: an untrained evaluation never stands in for the trained ELM's (and
-    back), nor one made with another LLM, sampling, prompt layout, task list or evaluation setting."""
+    back), nor one made with another LLM, sampling (int8 weights included), prompt layout, task list or evaluation
+    setting."""
     from configs import default
 
     config = default.get_config()
@@ -157,7 +158,14 @@ def test_eval_made_with_other_settings_is_stale(tmp_path):
         config.eval.untrained = untrained
         metrics.write_text(json.dumps(_recorded_eval(config, untrained=recorded)))
         assert report.needs_evaluation(config, tmp_path) is stale
-    for field, value in (("temperature", 0.7), ("max_new_tokens", 9), ("tasks", ("summary",)), ("n_resamples", 7)):
+    changes = (
+        ("temperature", 0.7),
+        ("max_new_tokens", 9),
+        ("quant", "int8"),
+        ("tasks", ("summary",)),
+        ("n_resamples", 7),
+    )
+    for field, value in changes:
         changed = default.get_config()
         changed.eval.untrained = True
         changed.eval[field] = value
