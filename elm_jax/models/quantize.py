@@ -4,8 +4,9 @@ Symmetric and per output channel: each layer kernel gets codes round(w / s) in [
 its input axes / 127, stored under the kernel's name with the scales under `<name>_scale`; the embedding table
 gets one scale per vocabulary row, which serves both the lookup and the tied head. At run time every matmul
 quantizes its input per row and accumulates in int32 (`layers.int8_einsum`): the dynamic W8A8 scheme of
-LLM.int8() without its outlier split, which matters only for models much larger than this project's defaults.
-Norms, biases and the KV cache stay in float.
+LLM.int8() without its outlier split (which that paper found decisive from ~6.7B parameters; on SmolLM2 the
+per-row activation scales are still most of the error, benchmarks/README.md). Norms, biases and the KV cache
+stay in float.
 """
 
 from __future__ import annotations
