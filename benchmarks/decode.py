@@ -178,7 +178,7 @@ def main() -> None:
     short, long = SHORT_TOKENS, args.new_tokens
     if long <= short or args.repeats < 3:
         parser.error(f"--new-tokens must exceed {short} and --repeats must be >= 3")
-    if not quants or set(quants) - {"none", "int8"}:
+    if not quants or set(quants) - set(WEIGHTS):
         parser.error(f"--quant {args.quant!r}: a comma-separated choice of none, int8")
 
     threads = len(os.sched_getaffinity(0))

@@ -55,6 +55,15 @@ class RMSNorm(nn.Module):
         return (y * (1.0 + scale if self.plus_one else scale)).astype(x.dtype)
 
 
+def symmetric_int8(x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
+    """int8 codes round(x / s) and float32 scales s = max |x| over `axes` / 127, kept as size-1 axes (1 where
+    all of x is 0): the one grid both weights (models/quantize.py) and matmul inputs are put on."""
+    x = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x), axis=axes, keepdims=True) / 127.0
+    scale = jnp.where(scale == 0, 1.0, scale)
+    return jnp.round(x / scale).astype(jnp.int8), scale
+
+
 def int8_einsum(spec: str, x: Array, codes: Array, scale: Array, n_contract: int) -> Array:
     """float32 einsum(spec, x, codes * scale), x quantized to int8 per row and the dot accumulated in int32.
 
@@ -67,10 +76,7 @@ def int8_einsum(spec: str, x: Array, codes: Array, scale: Array, n_contract: int
     single = math.prod(lead) == 1
     if single:
         x = jnp.concatenate([x, jnp.zeros_like(x)], axis=0)
-    x32 = x.astype(jnp.float32)
-    x_scale = jnp.max(jnp.abs(x32), axis=tuple(range(x.ndim - n_contract, x.ndim)), keepdims=True) / 127.0
-    x_scale = jnp.where(x_scale == 0, 1.0, x_scale)
-    x_codes = jnp.round(x32 / x_scale).astype(jnp.int8)
+    x_codes, x_scale = symmetric_int8(x, tuple(range(x.ndim - n_contract, x.ndim)))
     acc = jnp.einsum(spec, x_codes, codes, preferred_element_type=jnp.int32)
     row_scale = x_scale.reshape(x_scale.shape[: x.ndim - n_contract] + (1,) * (acc.ndim - len(lead)))
     out = acc.astype(jnp.float32) * row_scale * scale
@@ -84,16 +90,16 @@ def kernel_einsum(
     x: Array,
     shape: tuple[int, ...],
     axes: tuple[str, ...],
-    n_contract: int,
     init: Any,
 ) -> Array:
-    """einsum(spec, x, kernel) with the kernel (contracted axes first) declared as param `name`.
+    """einsum(spec, x, kernel) with the kernel (its KERNEL_LAYOUT input axes first) declared as param `name`.
 
     In an int8 model (`config.quant`) the param holds int8 codes and `{name}_scale` one float32 scale per output
     channel (models/quantize.py); otherwise it is a float kernel cast to the compute dtype.
     """
     cfg = module.config
     if cfg.quant == "int8":
+        n_contract = KERNEL_LAYOUT[name][1]
         codes = _param(module, name, nn.initializers.zeros, shape, axes, jnp.int8)
         scale = _param(
             module, f"{name}_scale", nn.initializers.ones, shape[n_contract:], axes[n_contract:], jnp.float32
@@ -140,7 +146,7 @@ class Attention(nn.Module):
 
         x = x.astype(dtype)
         project = lambda name, heads, axis: kernel_einsum(
-            self, name, "btd,dhk->bthk", x, (d, heads, hd), ("embed", axis, "head_dim"), 1, init
+            self, name, "btd,dhk->bthk", x, (d, heads, hd), ("embed", axis, "head_dim"), init
         )
         q, k, v = (
             project("q_kernel", h, "heads"),
@@ -178,7 +184,7 @@ class Attention(nn.Module):
         out = out.reshape(b, t, h, hd)
         new_kv = (k, v) if cache is None else (keys, values)
         o_axes = ("heads", "head_dim", "embed")
-        return kernel_einsum(self, "o_kernel", "bthk,hkd->btd", out, (h, hd, d), o_axes, 2, init), new_kv
+        return kernel_einsum(self, "o_kernel", "bthk,hkd->btd", out, (h, hd, d), o_axes, init), new_kv
 
 
 def _gelu_tanh(x: Array) -> Array:
@@ -237,9 +243,9 @@ class MLP(nn.Module):
         activation = _ACTIVATIONS[cfg.activation]
         if cfg.quant == "int8":  # inference only, so no hand-written backward
             d, m = cfg.hidden_size, cfg.mlp_dim
-            up = lambda name: kernel_einsum(self, name, "...d,dm->...m", x, (d, m), ("embed", "mlp"), 1, init)
+            up = lambda name: kernel_einsum(self, name, "...d,dm->...m", x, (d, m), ("embed", "mlp"), init)
             hidden = activation(up("gate_kernel")) * up("up_kernel")
-            return kernel_einsum(self, "down_kernel", "...m,md->...d", hidden, (m, d), ("mlp", "embed"), 1, init)
+            return kernel_einsum(self, "down_kernel", "...m,md->...d", hidden, (m, d), ("mlp", "embed"), init)
         wg = _param(self, "gate_kernel", init, (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), pdt)
         wu = _param(self, "up_kernel", init, (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), pdt)
         wd = _param(self, "down_kernel", init, (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), pdt)

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from elm_jax.lora import PREFIX as LORA_PREFIX
 from elm_jax.models.decoder_config import DecoderConfig
-from elm_jax.models.layers import KERNEL_LAYOUT
+from elm_jax.models.layers import KERNEL_LAYOUT, symmetric_int8
 
 _SEP = "/"
 
@@ -53,8 +53,5 @@ def quantized_params(params: dict) -> dict:
 
 
 def _codes_and_scales(w: jax.Array, input_axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    w = w.astype(jnp.float32)
-    scale = jnp.max(jnp.abs(w), axis=input_axes) / 127.0
-    scale = jnp.where(scale == 0, 1.0, scale)
-    codes = jnp.round(w / jnp.expand_dims(scale, input_axes)).astype(jnp.int8)
-    return codes, scale
+    codes, scale = symmetric_int8(w, input_axes)
+    return codes, jnp.squeeze(scale, input_axes)
