@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -152,6 +153,64 @@ def test_gated_mlp_backward_matches_autodiff(activation):
     for ours, ref in zip(vjp(d_out), ref_vjp(d_out), strict=True):
         assert ours.shape == ref.shape
         np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=2e-5)
+
+
+def _dot_dtypes(fn, *args) -> set[tuple[str, str, str]]:
+    """(lhs, rhs, result) dtypes of every dot in fn's jaxpr, nested jaxprs included."""
+    found = set()
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.add(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+# What XLA:CPU runs on its AMX bfloat16 kernel; a bfloat16 result, or float32 operands, take its float32 path.
+BF16_DOT = {("bfloat16", "bfloat16", "float32")}
+
+
+EINSUMS = [
+    ("btd,dhk->bthk", (2, 3, 8), (8, 4, 5)),
+    ("bthk,hkd->btd", (2, 3, 4, 5), (4, 5, 8)),
+    ("btkgd,bskd->bkgts", (2, 3, 2, 2, 4), (2, 5, 2, 4)),
+    ("...d,vd->...v", (2, 3, 8), (11, 8)),
+]
+
+
+@pytest.mark.parametrize("out_dtype", [None, "float32"])
+@pytest.mark.parametrize("spec,a_shape,b_shape", EINSUMS)
+def test_low_precision_einsum_keeps_backward_dots_in_bfloat16(spec, a_shape, b_shape, out_dtype):
+    keys = jax.random.split(jax.random.key(0), 3)
+    a, b = jax.random.normal(keys[0], a_shape), jax.random.normal(keys[1], b_shape)
+    d_out = jax.random.normal(keys[2], jnp.einsum(spec, a, b).shape)
+    ref = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)[1](d_out)
+    a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    out, vjp = jax.vjp(lambda a, b: layers.einsum(spec, a, b, out_dtype), a16, b16)
+    assert out.dtype == (out_dtype or "bfloat16")
+    for ours, want in zip(vjp(d_out.astype(out.dtype)), ref, strict=True):
+        assert ours.dtype == jnp.bfloat16
+        np.testing.assert_allclose(ours.astype(np.float32), want, atol=0.02 * float(jnp.max(jnp.abs(want))))
+    # The point of it: autodiff of a float32-accumulated einsum would give the backward dots float32 operands.
+    grads = jax.grad(lambda a, b: jnp.sum(layers.einsum(spec, a, b, out_dtype).astype(jnp.float32)), (0, 1))
+    assert _dot_dtypes(grads, a16, b16) == BF16_DOT
+    np.testing.assert_array_equal(layers.einsum(spec, a, b), jnp.einsum(spec, a, b))  # float32: unchanged
+
+
+def test_bfloat16_gated_mlp_runs_every_dot_on_bfloat16_operands_into_float32():
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(keys[0], (2, 5, 8))
+    weights = tuple(jax.random.normal(k, s) / 3 for k, s in zip(keys[1:], [(8, 12), (8, 12), (12, 8)]))
+    loss = lambda *a: jnp.sum(layers.gated_mlp(jax.nn.silu, *a).astype(jnp.float32) ** 2)
+    args16 = [w.astype(jnp.bfloat16) for w in (x, *weights)]
+    assert _dot_dtypes(jax.grad(loss, range(4)), *args16) == BF16_DOT
+    for ours, want in zip(jax.grad(loss, range(4))(*args16), jax.grad(loss, range(4))(x, *weights), strict=True):
+        assert ours.dtype == jnp.bfloat16
+        np.testing.assert_allclose(ours.astype(np.float32), want, atol=0.03 * float(jnp.max(jnp.abs(want))))
 
 
 def test_unknown_activation_is_named(tmp_path):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from elm_jax.models.decoder_config import DecoderConfig
-from elm_jax.models.layers import Block, RMSNorm, int8_einsum, rope_tables
+from elm_jax.models.layers import Block, RMSNorm, einsum, int8_einsum, rope_tables
 
 Array = jax.Array
 Cache = dict[str, Array]
@@ -248,13 +248,9 @@ class Decoder(nn.Module):
             else:
                 logits = int8_einsum("...d,dv->...v", hidden, self.lm_head, self.lm_head_scale, 1)
         elif cfg.tie_embeddings:
-            logits = jnp.einsum(
-                "...d,vd->...v", hidden, self.embedding.astype(hidden.dtype), preferred_element_type=jnp.float32
-            )
+            logits = einsum("...d,vd->...v", hidden, self.embedding.astype(hidden.dtype), jnp.float32)
         else:
-            logits = jnp.einsum(
-                "...d,dv->...v", hidden, self.lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32
-            )
+            logits = einsum("...d,dv->...v", hidden, self.lm_head.astype(hidden.dtype), jnp.float32)
         if cfg.final_logit_softcap:
             logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
         return logits

@@ -55,6 +55,51 @@ class RMSNorm(nn.Module):
         return (y * (1.0 + scale if self.plus_one else scale)).astype(x.dtype)
 
 
+def einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
+    """einsum(spec, a, b) accumulated in float32, cast to `out_dtype` (default: a's dtype).
+
+    Why not jnp.einsum: XLA:CPU computes a bfloat16 dot with a bfloat16 result in float32 (215 GFLOP/s on the
+    2-core AMX Xeon), but one with a float32 result on its AMX kernel (1,265 GFLOP/s); and autodiff's transposed
+    dots would get float32 cotangents. So with low-precision operands the forward asks for a float32 result and
+    the backward casts the cotangent to the operands' dtype before its two dots. float32 operands: jnp.einsum.
+    `spec` names every axis explicitly ("->" included) and each input axis appears in the other input or the
+    output, as in every matmul here.
+    """
+    out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
+    if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+        return jnp.einsum(spec, a, b).astype(out_dtype)
+    return _low_precision_einsum(spec, out_dtype, a, b)
+
+
+def _f32_einsum(spec: str, a: Array, b: Array) -> Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _accumulated(spec: str, a: Array, b: Array, dtype: Any) -> Array:
+    return _f32_einsum(spec, a, b).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_precision_einsum(spec: str, out_dtype: Any, a: Array, b: Array) -> Array:
+    return _accumulated(spec, a, b, out_dtype)
+
+
+def _low_precision_einsum_fwd(spec, out_dtype, a, b):
+    return _accumulated(spec, a, b, out_dtype), (a, b)
+
+
+def _low_precision_einsum_bwd(spec, out_dtype, residuals, d_out):
+    a, b = residuals
+    inputs, out = spec.split("->")
+    spec_a, spec_b = inputs.split(",")
+    d_a = _accumulated(f"{out},{spec_b}->{spec_a}", d_out.astype(b.dtype), b, a.dtype)
+    d_b = _accumulated(f"{spec_a},{out}->{spec_b}", a, d_out.astype(a.dtype), b.dtype)
+    return d_a, d_b
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
 def symmetric_int8(x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
     """int8 codes round(x / s) and float32 scales s = max |x| over `axes` / 127, kept as size-1 axes (1 where
     all of x is 0): the one grid both weights (models/quantize.py) and matmul inputs are put on."""
@@ -106,7 +151,7 @@ def kernel_einsum(
         )
         return int8_einsum(spec, x, codes, scale, n_contract).astype(cfg.dtype)
     kernel = _param(module, name, init, shape, axes, jnp.dtype(cfg.param_dtype))
-    return jnp.einsum(spec, x, kernel.astype(cfg.dtype))
+    return einsum(spec, x, kernel.astype(cfg.dtype))
 
 
 def rope_tables(positions: Array, inv_freq: Any) -> tuple[Array, Array]:
@@ -177,10 +222,10 @@ class Attention(nn.Module):
             keys, values = (_write_kv(c, new, shared["cache_end"]) for c, new in zip(cache, (k, v)))
             layout, key_pos = "bksd", shared["cache_positions"]  # written slots hold positions, others -1
             key_ok = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= q_pos)
-        s = jnp.einsum(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), preferred_element_type=jnp.float32)
+        s = einsum(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), jnp.float32)
         ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
         probs = jax.nn.softmax(jnp.where(ok[:, None, None], s, _MASKED), axis=-1).astype(dtype)
-        out = jnp.einsum(f"bkgts,{layout}->btkgd", probs, values.astype(dtype))
+        out = einsum(f"bkgts,{layout}->btkgd", probs, values.astype(dtype))
         out = out.reshape(b, t, h, hd)
         new_kv = (k, v) if cache is None else (keys, values)
         o_axes = ("heads", "head_dim", "embed")
@@ -208,22 +253,27 @@ def gated_mlp(activation: Callable[[Array], Array], x: Array, w_gate: Array, w_u
 
 
 def _gated_mlp_fwd(activation, x, w_gate, w_up, w_down):
-    gate, up = x @ w_gate, x @ w_up
-    return (activation(gate) * up) @ w_down, (x, gate, up, w_gate, w_up, w_down)
+    # Dots accumulate in float32 (why: see `einsum`), the elementwise math runs on their float32 results, and
+    # only matmul inputs and saved residuals take the compute dtype.
+    gate, up = (_f32_einsum("...d,dm->...m", x, w) for w in (w_gate, w_up))
+    out = _accumulated("...m,md->...d", (activation(gate) * up).astype(x.dtype), w_down, x.dtype)
+    return out, (x, gate.astype(x.dtype), up.astype(x.dtype), w_gate, w_up, w_down)
 
 
 def _gated_mlp_bwd(activation, residuals, d_out):
     x, gate, up, w_gate, w_up, w_down = residuals
+    gate, up = gate.astype(jnp.float32), up.astype(jnp.float32)
     act, act_vjp = jax.vjp(activation, gate)
-    d_hidden = jnp.einsum("...d,md->...m", d_out, w_down)
-    d_up = d_hidden * act
-    (d_gate,) = act_vjp(d_hidden * up)
-    d_x = jnp.einsum("...m,dm->...d", d_up, w_up) + jnp.einsum("...m,dm->...d", d_gate, w_gate)
+    d_hidden = _f32_einsum("...d,md->...m", d_out, w_down)
+    d_up = (d_hidden * act).astype(x.dtype)
+    d_gate = act_vjp(d_hidden * up)[0].astype(x.dtype)
+    d_x = (_f32_einsum("...m,dm->...d", d_up, w_up) + _f32_einsum("...m,dm->...d", d_gate, w_gate)).astype(x.dtype)
     tokens = lambda a: a.reshape(-1, a.shape[-1])  # (..., features) -> (tokens, features)
     x_t = tokens(x)
-    d_w_gate = jnp.einsum("td,tm->dm", x_t, tokens(d_gate))
-    d_w_up = jnp.einsum("td,tm->dm", x_t, tokens(d_up))
-    d_w_down = jnp.einsum("td,tm->dm", tokens(d_out), tokens(act * up)).T  # (mlp, embed), as w_down
+    d_w_gate = _accumulated("td,tm->dm", x_t, tokens(d_gate), w_gate.dtype)
+    d_w_up = _accumulated("td,tm->dm", x_t, tokens(d_up), w_up.dtype)
+    hidden = tokens((act * up).astype(x.dtype))
+    d_w_down = _accumulated("td,tm->dm", tokens(d_out), hidden, w_down.dtype).T  # (mlp, embed), as w_down
     return d_x, d_w_gate, d_w_up, d_w_down
 
 
