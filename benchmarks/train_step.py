@@ -60,7 +60,7 @@ from elm_jax.models.elm import ELM, ELMConfig, init_params  # noqa: E402
 from elm_jax.optim import OptimConfig, make_optimizer, partition  # noqa: E402
 from elm_jax.tokenizer import Tokenizer  # noqa: E402
 from elm_jax.train import batch_shardings, global_batch, param_shardings  # noqa: E402
-from elm_jax.train_step import StepConfig, make_train_step  # noqa: E402
+from elm_jax.train_step import StepConfig, frozen_for_step, make_train_step  # noqa: E402
 from elm_jax.weights.pretrained import load_decoder  # noqa: E402
 
 CHECKPOINT = "smollm2-135m-instruct"
@@ -115,6 +115,7 @@ def elm_jax_step(model: ELM, params: dict, trainable: str, host: dict, spec: Bat
     shardings = param_shardings(model, mesh, rules)
     params = jax.device_put(jax.tree.map(jnp.copy, params), shardings)  # a copy: the state gets donated
     train, frozen = partition(params, trainable)
+    frozen = frozen_for_step(frozen, model.config.decoder, None)
     t_sh, f_sh = partition(shardings, trainable)
     replicated = NamedSharding(mesh, P())
     tx = make_optimizer(OptimConfig(steps=1000, schedule="constant", **OPTIM))

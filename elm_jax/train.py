@@ -40,7 +40,7 @@ from elm_jax.models.adapter import AdapterConfig
 from elm_jax.models.elm import ELM, ELMConfig, init_params
 from elm_jax.optim import OptimConfig, is_rule, learning_rate, make_optimizer, merge, partition, path_regex
 from elm_jax.train_log import MetricsWriter, StepTrace, peak_flops_per_device, train_flops_per_token
-from elm_jax.train_step import StepConfig, make_eval_step, make_train_step
+from elm_jax.train_step import StepConfig, frozen_for_step, make_eval_step, make_train_step
 
 Rules = Sequence[tuple[str, Any]]
 
@@ -247,7 +247,10 @@ def train_stage(
             writer = MetricsWriter(workdir / "logs", resume_step=start)
             try:
                 shardings = (state_sh, f_sh, b_sh)
-                state = _loop(model, stage, tx, state, frozen, data, start, run, ckpt, writer, shardings, eval_sets)
+                step_frozen = frozen_for_step(frozen, model.config.decoder, lora)
+                state = _loop(
+                    model, stage, tx, state, step_frozen, data, start, run, ckpt, writer, shardings, eval_sets
+                )
             finally:
                 writer.close()
         else:

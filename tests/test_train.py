@@ -15,9 +15,10 @@ from elm_jax import sharding as shd
 from elm_jax.checkpoint import export_adapters, import_adapters
 from elm_jax.data.train_batches import Batches, BatchSpec, collate, example_indices, host_rows
 from elm_jax.lora import LoraConfig, apply_lora
-from elm_jax.optim import OptimConfig, decay_mask, make_optimizer, partition
+from elm_jax.models.elm import ELM
+from elm_jax.optim import OptimConfig, decay_mask, make_optimizer, merge, partition
 from elm_jax.train import StageConfig, add_lora, check_batch_split, even_pick, shuffled_vectors, train_stage
-from elm_jax.train_step import StepConfig, token_losses
+from elm_jax.train_step import StepConfig, frozen_for_step, token_losses
 from tests import fixtures
 
 STAGE1 = r"adapters_.*"
@@ -199,6 +200,25 @@ def test_stage1_trains_adapters_and_leaves_every_llm_weight_bit_identical(tiny, 
     shapes = {x.shape for x in jax.tree.leaves(moments) if x.ndim}
     assert shapes == {x.shape for x in jax.tree.leaves(trainable)}
     assert len(jax.tree.leaves(moments)) < 3 * len(jax.tree.leaves(trainable)) + 4
+
+
+def test_frozen_weights_cast_once_for_bfloat16_compute_change_no_loss_or_gradient(tiny):
+    model, params, sequences = tiny
+    bf16 = ELM(dataclasses.replace(model.config, decoder=model.config.decoder.replace(dtype="bfloat16")))
+    trainable, frozen = partition(params, STAGE1)
+    cast = frozen_for_step(frozen, bf16.config.decoder, None)
+    dtypes = {k: v.dtype for k, v in _flat(cast).items()}
+    assert dtypes["llm/embedding"] == jnp.bfloat16
+    assert dtypes["llm/layers/mlp/down_kernel"] == dtypes["llm/layers/attn/q_kernel"] == jnp.bfloat16
+    assert dtypes["llm/layers/attn_norm/scale"] == dtypes["llm/final_norm/scale"] == jnp.float32  # read in float32
+    batch = _micro(collate(sequences[:4], BatchSpec(4, 12, (("semantic", 4),), 1), pad_id=0))
+    loss = lambda t, f: token_losses(bf16, merge(t, f), batch)[0]
+    (l0, g0), (l1, g1) = (jax.value_and_grad(loss)(trainable, f) for f in (frozen, cast))
+    np.testing.assert_array_equal(l0, l1)
+    jax.tree.map(np.testing.assert_array_equal, g0, g1)
+    # Nothing to gain in float32, and LoRA adds its factors to the float32 kernels before the cast.
+    assert frozen_for_step(frozen, model.config.decoder, None) is frozen
+    assert frozen_for_step(frozen, bf16.config.decoder, LoraConfig(rank=2)) is frozen
 
 
 def test_sharded_training_gives_the_single_device_loss_curve(tiny, tmp_path):
