@@ -546,3 +546,24 @@ def tiny_elm(directory: str | pathlib.Path) -> tuple:
         soft = np.asarray([-1, -1, -1, 0, -1] + [-1] * 4, np.int32)
         sequences.append(TrainSequence(np.asarray(prompt + target + [2], np.int32), soft, len(prompt), (v,), (0,)))
     return model, jax.device_get(params), sequences
+
+
+def greedy_by_recomputation(config, params, prompt_embeddings, mask, n: int) -> np.ndarray:
+    """n greedy tokens by full forward passes over a fixed-length buffer (causal: the empty slots after a
+    position do not reach it), so one program serves every step: what cached decoding must reproduce."""
+    import jax
+    import jax.numpy as jnp
+
+    from elm_jax.models.decoder import Decoder
+
+    model, (rows, t) = Decoder(config), mask.shape
+    full_mask = np.concatenate([mask, np.ones((rows, n), mask.dtype)], axis=1)
+    forward = jax.jit(lambda e: model.apply({"params": params}, embeddings=e, mask=full_mask)[0])
+    embed = jax.jit(lambda ids: model.apply({"params": params}, ids, method=Decoder.embed))
+    embeddings = jnp.pad(prompt_embeddings, ((0, 0), (0, n), (0, 0)))
+    tokens = []
+    for i in range(n):
+        token = forward(embeddings)[:, t + i - 1].argmax(-1)
+        tokens.append(np.asarray(token))
+        embeddings = embeddings.at[:, t + i].set(embed(token[:, None])[:, 0])
+    return np.stack(tokens, axis=1)

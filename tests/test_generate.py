@@ -48,6 +48,23 @@ def test_greedy_matches_reference_and_batching_does_not_change_rows(tiny):
     np.testing.assert_array_equal(loaded_separate, batch_tokens)
 
 
+def test_bfloat16_decoding_is_greedy_recomputation_of_the_bfloat16_model(tiny):
+    """bfloat16 weights and compute, dots accumulated in float32 (`layers.einsum`), decoded through the cache:
+    the tokens full bfloat16 forward passes pick, on a batch with several query heads per KV head."""
+    _, model, params = tiny
+    config = model.config.replace(dtype="bfloat16", param_dtype="bfloat16")
+    assert config.num_heads > config.num_kv_heads
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    rng, n = np.random.default_rng(0), 4
+    prompts = [list(rng.integers(3, config.vocab_size, rng.integers(2, 9))) for _ in range(8)]
+    ids, mask = gen.left_pad(prompts, pad_id=0)
+    embeddings = Decoder(config).apply({"params": params}, ids, method=Decoder.embed)
+    sampling = gen.SamplingConfig(max_new_tokens=n)
+    tokens, _ = gen.generate(Decoder(config), params, embeddings, mask, jax.random.key(0), sampling)
+    expected = fixtures.greedy_by_recomputation(config, params, embeddings, mask, n)
+    np.testing.assert_array_equal(np.asarray(tokens), expected)
+
+
 def test_stop_token_ends_a_row_and_pads_the_rest(tiny):
     _, model, params = tiny
     prompts = [[5, 17, 33, 8], [40, 41]]

@@ -97,22 +97,6 @@ def test_int8_model_stays_close_to_the_float_one(tiny):
     assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.8
 
 
-def _greedy_by_recomputation(config, params, prompt_embeddings, mask, n):
-    """n greedy tokens by full forward passes over a fixed-length buffer (causal: the empty slots after a
-    position do not reach it), so one program serves every step."""
-    model, (rows, t) = Decoder(config), mask.shape
-    full_mask = np.concatenate([mask, np.ones((rows, n), mask.dtype)], axis=1)
-    forward = jax.jit(lambda e: model.apply({"params": params}, embeddings=e, mask=full_mask)[0])
-    embed = jax.jit(lambda ids: model.apply({"params": params}, ids, method=Decoder.embed))
-    embeddings = jnp.pad(prompt_embeddings, ((0, 0), (0, n), (0, 0)))
-    tokens = []
-    for i in range(n):
-        token = forward(embeddings)[:, t + i - 1].argmax(-1)
-        tokens.append(np.asarray(token))
-        embeddings = embeddings.at[:, t + i].set(embed(token[:, None])[:, 0])
-    return np.stack(tokens, axis=1)
-
-
 def test_int8_generation_is_greedy_recomputation_of_the_int8_model(tiny):
     """`SamplingConfig(quant="int8")` decodes with the cache exactly what full int8 forward passes pick, and on
     enough prompts that differs from what the float model picks (so the check tells the two apart).
@@ -128,9 +112,9 @@ def test_int8_generation_is_greedy_recomputation_of_the_int8_model(tiny):
     prompt_embeddings = Decoder(config).apply({"params": params}, ids, method=Decoder.embed)
     sampling = gen.SamplingConfig(max_new_tokens=n, quant="int8")
     tokens, _ = gen.generate(Decoder(config), params, prompt_embeddings, mask, jax.random.key(0), sampling)
-    expected = _greedy_by_recomputation(qconfig, qparams, prompt_embeddings, mask, n)
+    expected = fixtures.greedy_by_recomputation(qconfig, qparams, prompt_embeddings, mask, n)
     np.testing.assert_array_equal(np.asarray(tokens), expected)
-    float_tokens = _greedy_by_recomputation(config, params, prompt_embeddings, mask, n)
+    float_tokens = fixtures.greedy_by_recomputation(config, params, prompt_embeddings, mask, n)
     assert (expected != float_tokens).any(axis=1).sum() >= 1
 
 

@@ -56,15 +56,20 @@ class RMSNorm(nn.Module):
 
 
 def einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
-    """einsum(spec, a, b) accumulated in float32, cast to `out_dtype` (default: a's dtype).
+    """A matmul einsum(spec, a, b) accumulated in float32, cast to `out_dtype` (default: a's dtype).
 
     Why not jnp.einsum: XLA:CPU computes a bfloat16 dot with a bfloat16 result in float32 (215 GFLOP/s on the
     2-core AMX Xeon), but one with a float32 result on its AMX kernel (1,265 GFLOP/s); and autodiff's transposed
     dots would get float32 cotangents. So with low-precision operands the forward asks for a float32 result and
     the backward casts the cotangent to the operands' dtype before its two dots. float32 operands: jnp.einsum.
-    `spec` names every axis explicitly ("->" included) and each input axis appears in the other input or the
-    output, as in every matmul here.
+    `spec` names every axis ("->" included); each input axis appears in the other input or the output, and no
+    axis in all three: XLA:CPU's fallback dot lacks bfloat16 x bfloat16 -> float32 and takes some batched dots
+    (attention's probabilities x values at one decode position), while plain matmuls all reach the AMX kernel.
     """
+    inputs, out = spec.split("->")
+    spec_a, spec_b = inputs.split(",")
+    if set(spec_a) & set(spec_b) & set(out) - {"."}:
+        raise ValueError(f"einsum {spec!r}: batch axes (in both inputs and the output) are not supported")
     out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
     if a.dtype == jnp.float32 and b.dtype == jnp.float32:
         return jnp.einsum(spec, a, b).astype(out_dtype)
@@ -222,10 +227,10 @@ class Attention(nn.Module):
             keys, values = (_write_kv(c, new, shared["cache_end"]) for c, new in zip(cache, (k, v)))
             layout, key_pos = "bksd", shared["cache_positions"]  # written slots hold positions, others -1
             key_ok = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= q_pos)
-        s = einsum(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), jnp.float32)
+        s = jnp.einsum(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), preferred_element_type=jnp.float32)
         ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
         probs = jax.nn.softmax(jnp.where(ok[:, None, None], s, _MASKED), axis=-1).astype(dtype)
-        out = einsum(f"bkgts,{layout}->btkgd", probs, values.astype(dtype))
+        out = jnp.einsum(f"bkgts,{layout}->btkgd", probs, values.astype(dtype))
         out = out.reshape(b, t, h, hd)
         new_kv = (k, v) if cache is None else (keys, values)
         o_axes = ("heads", "head_dim", "embed")
