@@ -200,6 +200,16 @@ def train_stage(
 ) -> dict:
     """Runs (or resumes, or skips if finished) one stage; returns the full params after it (LoRA folded in)."""
     workdir = pathlib.Path(workdir) / stage.name
+    decoder = model.config.decoder
+    if jax.default_backend() == "cpu" and decoder.scan_layers and jnp.dtype(decoder.dtype) != jnp.float32:
+        # XLA:CPU widens bfloat16 dynamic-update-slices to float32, so each layer of the scan's backward
+        # residual stacks rewrites the whole stack: SmolLM2 steps 2.3 / 4.6 s scanned against 1.6 / 2.8 s.
+        logging.warning(
+            "%s: %s compute with llm.scan_layers=True on CPU, where unscanned layers train ~1.5x faster "
+            "(--config.llm.scan_layers=False; benchmarks/README.md)",
+            stage.name,
+            decoder.dtype,
+        )
     check_batch_split(data.spec, shd.batch_divisor(mesh, rules), jax.process_count())
     lora = stage.step.lora
     if lora is not None and "lora" not in params:

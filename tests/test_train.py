@@ -221,6 +221,19 @@ def test_frozen_weights_cast_once_for_bfloat16_compute_change_no_loss_or_gradien
     assert frozen_for_step(frozen, bf16.config.decoder, LoraConfig(rank=2)) is frozen
 
 
+def test_bfloat16_stage1_on_cpu_trains_keeps_llm_weights_and_advises_unscanned_layers(tiny, tmp_path, caplog):
+    model, params, sequences = tiny
+    bf16 = ELM(dataclasses.replace(model.config, decoder=model.config.decoder.replace(dtype="bfloat16")))
+    data = Batches(sequences, _spec(), pad_id=0, seed=0)
+    with caplog.at_level("WARNING"):
+        out = train_stage(bf16, params, _stage(steps=8, lr=2e-2), data, shd.make_mesh({"data": -1}), tmp_path)
+    assert "bfloat16 compute with llm.scan_layers=True on CPU" in caplog.text
+    before, after = _flat(params), _flat(out)
+    assert all(after[k].dtype == before[k].dtype and np.array_equal(before[k], after[k]) for k in before if "llm" in k)
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0]
+
+
 def test_sharded_training_gives_the_single_device_loss_curve(tiny, tmp_path):
     model, params, sequences = tiny
     curves = {}
