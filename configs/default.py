@@ -76,9 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.llm = ml_collections.ConfigDict(
         dict(
             checkpoint=args.llm,
-            dtype="float32",  # activations; bfloat16 on accelerators
+            dtype="float32",  # activations; bfloat16 on accelerators and on CPUs with AMX
             param_dtype="float32",
-            scan_layers=True,
+            scan_layers=True,  # False for bfloat16 on CPU (train_stage warns)
             remat_policy="none",
         )
     )
