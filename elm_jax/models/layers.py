@@ -62,14 +62,11 @@ def einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
     2-core AMX Xeon), but one with a float32 result on its AMX kernel (1,265 GFLOP/s); and autodiff's transposed
     dots would get float32 cotangents. So with low-precision operands the forward asks for a float32 result and
     the backward casts the cotangent to the operands' dtype before its two dots. float32 operands: jnp.einsum.
-    `spec` names every axis ("->" included); each input axis appears in the other input or the output, and no
-    axis in all three: XLA:CPU's fallback dot lacks bfloat16 x bfloat16 -> float32 and takes some batched dots
-    (attention's probabilities x values at one decode position), while plain matmuls all reach the AMX kernel.
+    `spec` names every axis ("->" included) and each input axis appears in the other input or the output. Batch
+    axes: XLA:CPU sends some batched bfloat16 x bfloat16 -> float32 dots to a fallback that lacks them
+    (UNIMPLEMENTED; attention over a KV cache of layout (B, kv_heads, slots, head_dim) at decode), while every
+    plain matmul and attention's products without a cache, 1,056 shapes probed, reach the AMX kernel.
     """
-    inputs, out = spec.split("->")
-    spec_a, spec_b = inputs.split(",")
-    if set(spec_a) & set(spec_b) & set(out) - {"."}:
-        raise ValueError(f"einsum {spec!r}: batch axes (in both inputs and the output) are not supported")
     out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
     if a.dtype == jnp.float32 and b.dtype == jnp.float32:
         return jnp.einsum(spec, a, b).astype(out_dtype)
@@ -172,6 +169,12 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
+def _cache_einsum(spec: str, a: Array, b: Array, out_dtype: Any) -> Array:
+    if out_dtype == jnp.float32:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    return jnp.einsum(spec, a, b)
+
+
 def _write_kv(cached: Array, new: Array, start: Array) -> Array:
     """New keys or values (B, T, kv_heads, head_dim) into a cache's (B, kv_heads, slots, head_dim) at `start`."""
     return jax.lax.dynamic_update_slice(cached, jnp.swapaxes(new, 1, 2).astype(cached.dtype), (0, 0, start, 0))
@@ -227,10 +230,14 @@ class Attention(nn.Module):
             keys, values = (_write_kv(c, new, shared["cache_end"]) for c, new in zip(cache, (k, v)))
             layout, key_pos = "bksd", shared["cache_positions"]  # written slots hold positions, others -1
             key_ok = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= q_pos)
-        s = jnp.einsum(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), preferred_element_type=jnp.float32)
+        # Without a cache (training, scoring, prefill) both products go through `einsum`, accumulated in float32
+        # with bfloat16 backward dots. With one, XLA:CPU would send some of them to a dot that lacks bfloat16 x
+        # bfloat16 -> float32 (probabilities x values at one position, grouped query heads): plain einsums.
+        product = einsum if cache is None else _cache_einsum
+        s = product(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), jnp.float32)
         ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
         probs = jax.nn.softmax(jnp.where(ok[:, None, None], s, _MASKED), axis=-1).astype(dtype)
-        out = jnp.einsum(f"bkgts,{layout}->btkgd", probs, values.astype(dtype))
+        out = product(f"bkgts,{layout}->btkgd", probs, values.astype(dtype), dtype)
         out = out.reshape(b, t, h, hd)
         new_kv = (k, v) if cache is None else (keys, values)
         o_axes = ("heads", "head_dim", "embed")
