@@ -257,7 +257,7 @@ def train_stage(
             writer = MetricsWriter(workdir / "logs", resume_step=start)
             try:
                 shardings = (state_sh, f_sh, b_sh)
-                step_frozen = frozen_for_step(frozen, model.config.decoder, lora)
+                step_frozen = frozen_for_step(frozen, decoder, lora)
                 state = _loop(
                     model, stage, tx, state, step_frozen, data, start, run, ckpt, writer, shardings, eval_sets
                 )

@@ -63,9 +63,9 @@ def einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
     dots would get float32 cotangents. So with low-precision operands the forward asks for a float32 result and
     the backward casts the cotangent to the operands' dtype before its two dots. float32 operands: jnp.einsum.
     `spec` names every axis ("->" included) and each input axis appears in the other input or the output. Batch
-    axes: XLA:CPU sends some batched bfloat16 x bfloat16 -> float32 dots to a fallback that lacks them
-    (UNIMPLEMENTED; attention over a KV cache of layout (B, kv_heads, slots, head_dim) at decode), while every
-    plain matmul and attention's products without a cache, 1,056 shapes probed, reach the AMX kernel.
+    axes need care: XLA:CPU sends some batched dots to a fallback without bfloat16 x bfloat16 -> float32, which
+    raises UNIMPLEMENTED (attention over the KV cache's (B, kv_heads, slots, head_dim) layout at decode); plain
+    matmuls, and attention's products without a cache in 1,056 shapes probed, all reach the AMX kernel.
     """
     out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
     if a.dtype == jnp.float32 and b.dtype == jnp.float32:
