@@ -179,7 +179,7 @@ def main() -> None:
     if long <= short or args.repeats < 3:
         parser.error(f"--new-tokens must exceed {short} and --repeats must be >= 3")
     if not quants or set(quants) - set(WEIGHTS):
-        parser.error(f"--quant {args.quant!r}: a comma-separated choice of none, int8")
+        parser.error(f"--quant {args.quant!r}: a comma-separated choice of {', '.join(WEIGHTS)}")
 
     threads = len(os.sched_getaffinity(0))
     device = jax.devices()[0]

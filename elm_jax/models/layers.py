@@ -83,7 +83,7 @@ def _accumulated(spec: str, a: Array, b: Array, dtype: Any) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _low_precision_einsum(spec: str, out_dtype: Any, a: Array, b: Array) -> Array:
-    return _accumulated(spec, a, b, out_dtype)
+    return _low_precision_einsum_fwd(spec, out_dtype, a, b)[0]
 
 
 def _low_precision_einsum_fwd(spec, out_dtype, a, b):
