@@ -166,10 +166,12 @@ class Decoder(nn.Module):
         x = self.embed(tokens) if tokens is not None else embeddings.astype(cfg.dtype)
         b, t = x.shape[:2]
         mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+        # Positions counted from the mask without a cache lie in [0, t): RoPE tables of t rows suffice.
+        num_positions = t if positions is None and cache is None else None
         if positions is None:
             offset = 0 if cache is None else jnp.max(cache["positions"], axis=1) + 1
             positions = positions_from_mask(mask, offset)
-        shared = self._shared(positions, mask)
+        shared = self._shared(positions, mask, num_positions)
         if cache is not None:  # the new tokens' slots, written before any layer attends over the cache
             start = cache["end"]
             new_positions = jnp.where(mask, positions, -1).astype(jnp.int32)
@@ -199,7 +201,7 @@ class Decoder(nn.Module):
             raise ValueError(f"cache_size {cache_size} is smaller than the prompt's {t} tokens")
         mask = mask.astype(bool)
         positions = positions_from_mask(mask)
-        x, (k, v) = self._layers(x, self._shared(positions, mask), None)
+        x, (k, v) = self._layers(x, self._shared(positions, mask, t), None)
         # (B, T, kv_heads, head_dim) per layer -> the cache's (B, kv_heads, slots, head_dim), zeros after the prompt.
         slots = lambda a: jnp.pad(jnp.swapaxes(a, -3, -2), [(0, 0)] * (a.ndim - 2) + [(0, cache_size - t), (0, 0)])
         k, v = jax.tree.map(slots, (k, v))
@@ -212,11 +214,11 @@ class Decoder(nn.Module):
         }
         return self.final_norm(x), cache
 
-    def _shared(self, positions: Array, mask: Array) -> dict:
-        """What every layer reads besides its input: positions, mask and both RoPE tables."""
+    def _shared(self, positions: Array, mask: Array, num_positions: int | None) -> dict:
+        """What every layer reads besides its input: positions, mask and both RoPE tables (see `rope_tables`)."""
         cfg = self.config
-        cos_g, sin_g = rope_tables(positions, cfg.rope.inv_freq(cfg.head_dim))
-        cos_l, sin_l = rope_tables(positions, cfg.local_rope.inv_freq(cfg.head_dim))
+        cos_g, sin_g = rope_tables(positions, cfg.rope.inv_freq(cfg.head_dim), num_positions)
+        cos_l, sin_l = rope_tables(positions, cfg.local_rope.inv_freq(cfg.head_dim), num_positions)
         return dict(
             positions=positions, mask=mask, cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l
         )

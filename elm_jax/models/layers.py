@@ -156,10 +156,20 @@ def kernel_einsum(
     return einsum(spec, x, kernel.astype(cfg.dtype))
 
 
-def rope_tables(positions: Array, inv_freq: Any) -> tuple[Array, Array]:
-    """cos/sin of shape (B, T, head_dim // 2) for integer positions (B, T)."""
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
-    return jnp.cos(angles), jnp.sin(angles)
+def rope_tables(positions: Array, inv_freq: Any, num_positions: int | None = None) -> tuple[Array, Array]:
+    """cos/sin of shape (B, T, head_dim // 2) for integer positions (B, T).
+
+    With `num_positions` (every position is known to lie in [0, num_positions)) the tables are computed once
+    per position and gathered. Why: XLA:CPU fuses cos/sin into each RoPE application and recomputes them per
+    element, 18 times per value on SmolLM2 (9 heads, both halves); those fusions took ~10% of a bfloat16
+    stage-1 step, and the gathered tables (same values) made the step ~10% faster.
+    """
+    inv_freq = jnp.asarray(inv_freq, jnp.float32)
+    if num_positions is None:
+        angles = positions.astype(jnp.float32)[..., None] * inv_freq
+        return jnp.cos(angles), jnp.sin(angles)
+    angles = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv_freq
+    return tuple(jnp.take(table, positions, axis=0, mode="clip") for table in (jnp.cos(angles), jnp.sin(angles)))
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
