@@ -155,19 +155,25 @@ def test_gated_mlp_backward_matches_autodiff(activation):
         np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=2e-5)
 
 
-def _dot_dtypes(fn, *args) -> set[tuple[str, str, str]]:
-    """(lhs, rhs, result) dtypes of every dot in fn's jaxpr, nested jaxprs included."""
-    found = set()
+def _equations(fn, *args, primitive: str) -> list:
+    """Every `primitive` equation in fn's jaxpr, nested jaxprs included."""
+    found = []
 
     def visit(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                found.add(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
+            if eqn.primitive.name == primitive:
+                found.append(eqn)
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 visit(sub)
 
     visit(jax.make_jaxpr(fn)(*args).jaxpr)
     return found
+
+
+def _dot_dtypes(fn, *args) -> set[tuple[str, str, str]]:
+    """(lhs, rhs, result) dtypes of every dot in fn's jaxpr, nested jaxprs included."""
+    eqns = _equations(fn, *args, primitive="dot_general")
+    return {tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)) for eqn in eqns}
 
 
 # What XLA:CPU runs on its AMX bfloat16 kernel; a bfloat16 result, or float32 operands, take its float32 path.
@@ -288,6 +294,25 @@ def test_rope_frequencies_match_reference(kind):
         "original_max_position_embeddings": 256,
     }
     np.testing.assert_allclose(RopeConfig.from_hf(params).inv_freq(64), numpy_llm.inv_freq(params, 64), rtol=1e-12)
+
+
+def test_rope_tables_gathered_per_position_equal_the_direct_ones():
+    _, mask = _left_padded(3, 9, 0, {1: 4, 2: 8})
+    positions = jnp.asarray(np.clip(np.cumsum(mask, axis=1) - 1, 0, None))
+    inv_freq = RopeConfig.from_hf({"rope_theta": 1e4}).inv_freq(16)
+    for direct, gathered in zip(layers.rope_tables(positions, inv_freq), layers.rope_tables(positions, inv_freq, 9)):
+        assert gathered.shape == (3, 9, 8)
+        np.testing.assert_array_equal(gathered, direct)
+
+
+def test_uncached_forward_computes_rope_once_per_position_not_per_token(tiny):
+    # Why it matters: XLA:CPU recomputes per-token cos/sin inside every RoPE fusion (see layers.rope_tables).
+    model, params = _load(tiny[1])
+    ids, mask = _left_padded(3, 7, 0, {1: 2})
+    forward = lambda p: model.apply({"params": p}, ids, mask=mask)[0]
+    for primitive in ("sin", "cos"):
+        shapes = {eqn.invars[0].aval.shape for eqn in _equations(forward, params, primitive=primitive)}
+        assert shapes == {(7, model.config.head_dim // 2)}
 
 
 def test_config_rejects_inconsistent_fields():
