@@ -161,7 +161,7 @@ def rope_tables(positions: Array, inv_freq: Any, num_positions: int | None = Non
 
     With `num_positions` (every position is known to lie in [0, num_positions)) the tables are computed once
     per position and gathered. Why: XLA:CPU fuses cos/sin into each RoPE application and recomputes them per
-    element, 18 times per value on SmolLM2 (9 heads, both halves); those fusions took ~10% of a bfloat16
+    element, 18 times per value for SmolLM2's queries (9 heads, both halves); those fusions took ~10% of a bfloat16
     stage-1 step, and the gathered tables (same values) made the step ~10% faster.
     """
     inv_freq = jnp.asarray(inv_freq, jnp.float32)
