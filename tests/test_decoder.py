@@ -207,6 +207,23 @@ def test_low_precision_einsum_keeps_backward_dots_in_bfloat16(spec, a_shape, b_s
     np.testing.assert_array_equal(layers.einsum(spec, a, b), jnp.einsum(spec, a, b))  # float32: unchanged
 
 
+@pytest.mark.parametrize("spec,a_shape,b_shape", EINSUMS)
+def test_mixed_einsum_multiplies_in_bfloat16_and_returns_each_cotangent_in_its_operands_dtype(spec, a_shape, b_shape):
+    keys = jax.random.split(jax.random.key(1), 3)
+    a, b = jax.random.normal(keys[0], a_shape), jax.random.normal(keys[1], b_shape)
+    d_out = jax.random.normal(keys[2], jnp.einsum(spec, a, b).shape)
+    b16 = b.astype(jnp.bfloat16)
+    ref_out, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a.astype(jnp.bfloat16).astype(jnp.float32), b)
+    out, vjp = jax.vjp(lambda a, b: layers.einsum(spec, a, b, "float32"), a, b16)
+    np.testing.assert_allclose(out, ref_out, atol=0.02 * float(jnp.max(jnp.abs(ref_out))))
+    (d_a, d_b), (want_a, want_b) = vjp(d_out), ref_vjp(d_out)
+    assert (d_a.dtype, d_b.dtype) == (jnp.float32, jnp.bfloat16)  # a float32 input keeps its cotangent unrounded
+    for ours, want in ((d_a, want_a), (d_b, want_b)):
+        np.testing.assert_allclose(ours.astype(np.float32), want, atol=0.02 * float(jnp.max(jnp.abs(want))))
+    grads = jax.grad(lambda a, b: jnp.sum(layers.einsum(spec, a, b, "float32")), (0, 1))
+    assert _dot_dtypes(grads, a, b16) == BF16_DOT
+
+
 def test_bfloat16_gated_mlp_runs_every_dot_on_bfloat16_operands_into_float32():
     keys = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(keys[0], (2, 5, 8))

@@ -62,6 +62,8 @@ def einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
     2-core AMX Xeon), but one with a float32 result on its AMX kernel (1,265 GFLOP/s); and autodiff's transposed
     dots would get float32 cotangents. So with low-precision operands the forward asks for a float32 result and
     the backward casts the cotangent to the operands' dtype before its two dots. float32 operands: jnp.einsum.
+    Mixed operands multiply in the narrower dtype, and each cotangent comes back in its own operand's dtype: a
+    float32 input (attention's probabilities) gets its cotangent unrounded, with no bfloat16 round trip.
     `spec` names every axis ("->" included) and each input axis appears in the other input or the output. Batch
     axes need care: XLA:CPU sends some batched dots to a fallback without bfloat16 x bfloat16 -> float32, which
     raises UNIMPLEMENTED (attention over the KV cache's (B, kv_heads, slots, head_dim) layout at decode); plain
@@ -70,7 +72,7 @@ def einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
     out_dtype = jnp.dtype(a.dtype if out_dtype is None else out_dtype)
     if a.dtype == jnp.float32 and b.dtype == jnp.float32:
         return jnp.einsum(spec, a, b).astype(out_dtype)
-    return _low_precision_einsum(spec, out_dtype, a, b)
+    return _low_precision_einsum(spec, out_dtype, (jnp.dtype(a.dtype), jnp.dtype(b.dtype)), a, b)
 
 
 def _f32_einsum(spec: str, a: Array, b: Array) -> Array:
@@ -81,21 +83,24 @@ def _accumulated(spec: str, a: Array, b: Array, dtype: Any) -> Array:
     return _f32_einsum(spec, a, b).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _low_precision_einsum(spec: str, out_dtype: Any, a: Array, b: Array) -> Array:
-    return _low_precision_einsum_fwd(spec, out_dtype, a, b)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _low_precision_einsum(spec: str, out_dtype: Any, dtypes: tuple, a: Array, b: Array) -> Array:
+    return _low_precision_einsum_fwd(spec, out_dtype, dtypes, a, b)[0]
 
 
-def _low_precision_einsum_fwd(spec, out_dtype, a, b):
+def _low_precision_einsum_fwd(spec, out_dtype, dtypes, a, b):
+    compute = min(dtypes, key=lambda d: d.itemsize)
+    a, b = a.astype(compute), b.astype(compute)
     return _accumulated(spec, a, b, out_dtype), (a, b)
 
 
-def _low_precision_einsum_bwd(spec, out_dtype, residuals, d_out):
-    a, b = residuals
+def _low_precision_einsum_bwd(spec, out_dtype, dtypes, residuals, d_out):
+    a, b = residuals  # both in the compute dtype
+    d_out = d_out.astype(a.dtype)
     inputs, out = spec.split("->")
     spec_a, spec_b = inputs.split(",")
-    d_a = _accumulated(f"{out},{spec_b}->{spec_a}", d_out.astype(b.dtype), b, a.dtype)
-    d_b = _accumulated(f"{spec_a},{out}->{spec_b}", a, d_out.astype(a.dtype), b.dtype)
+    d_a = _accumulated(f"{out},{spec_b}->{spec_a}", d_out, b, dtypes[0])
+    d_b = _accumulated(f"{spec_a},{out}->{spec_b}", a, d_out, dtypes[1])
     return d_a, d_b
 
 
@@ -180,6 +185,7 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 def _cache_einsum(spec: str, a: Array, b: Array, out_dtype: Any) -> Array:
+    a = a.astype(b.dtype)
     if out_dtype == jnp.float32:
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
     return jnp.einsum(spec, a, b)
@@ -246,7 +252,7 @@ class Attention(nn.Module):
         product = einsum if cache is None else _cache_einsum
         s = product(f"btkgd,{layout}->bkgts", q, keys.astype(dtype), jnp.float32)
         ok = key_ok & window_ok(q_pos, key_pos[:, None, :])  # (B, T, S)
-        probs = jax.nn.softmax(jnp.where(ok[:, None, None], s, _MASKED), axis=-1).astype(dtype)
+        probs = jax.nn.softmax(jnp.where(ok[:, None, None], s, _MASKED), axis=-1)  # float32 (see `einsum`)
         out = product(f"bkgts,{layout}->btkgd", probs, values.astype(dtype), dtype)
         out = out.reshape(b, t, h, hd)
         new_kv = (k, v) if cache is None else (keys, values)
