@@ -185,7 +185,7 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 def _cache_einsum(spec: str, a: Array, b: Array, out_dtype: Any) -> Array:
-    a = a.astype(b.dtype)
+    a = a.astype(b.dtype)  # float32 probabilities x compute-dtype values: both in the compute dtype
     if out_dtype == jnp.float32:
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
     return jnp.einsum(spec, a, b)
