@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from elm_jax.models import layers
-from elm_jax.models.decoder import Decoder, init_cache, separate_cache, separate_layers
+from elm_jax.models.decoder import Decoder, init_cache, positions_from_mask, separate_cache, separate_layers
 from elm_jax.models.decoder_config import DecoderConfig, RopeConfig
 from elm_jax.weights import hf
 from tests import fixtures
@@ -315,7 +315,7 @@ def test_rope_frequencies_match_reference(kind):
 
 def test_rope_tables_gathered_per_position_equal_the_direct_ones():
     _, mask = _left_padded(3, 9, 0, {1: 4, 2: 8})
-    positions = jnp.asarray(np.clip(np.cumsum(mask, axis=1) - 1, 0, None))
+    positions = positions_from_mask(jnp.asarray(mask))
     inv_freq = RopeConfig.from_hf({"rope_theta": 1e4}).inv_freq(16)
     for direct, gathered in zip(layers.rope_tables(positions, inv_freq), layers.rope_tables(positions, inv_freq, 9)):
         assert gathered.shape == (3, 9, 8)
