@@ -89,12 +89,14 @@ def test_int8_model_keeps_most_greedy_choices_and_the_loss(loaded):
 
 
 def test_smollm2_chat_decoded_in_int8():
+    # Not the France question: its answer's first token is a near-tie ("The" leads "L" by 0.08 logits in float32),
+    # so int8 rounding decides it, and it went to "L'Étoile..." on the AMD VM. Here every token of the int8
+    # answer leads by >= 0.66 logits, teacher-forced.
     llm = load_decoder("smollm2-135m-instruct")
     sampling = SamplingConfig(max_new_tokens=20, quant="int8")
-    text = generate_text(
-        llm.model, llm.params, llm.tokenizer, ["What is the capital of France?"], sampling, chat=True, batch_size=1
-    )
-    assert text == ["The capital of France is Paris, France."]
+    prompt = "What is the capital of Italy? Answer in one word."
+    text = generate_text(llm.model, llm.params, llm.tokenizer, [prompt], sampling, chat=True, batch_size=1)
+    assert text == ["The capital of Italy is Rome."]
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
